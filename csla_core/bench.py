@@ -1,0 +1,129 @@
+"""``python -m csla_core bench``: per-stage timings at real sizes with random weights.
+
+Compute cost does not depend on weight values, so random full-size models measure what users
+get, with no download. Each figure is the median of several runs after a warm-up run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import torch
+
+
+@dataclass
+class Timing:
+    stage: str
+    median_s: float
+    runs: int
+    note: str = ""
+
+
+def time_call(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
+    """Median wall time of ``fn`` over ``repeats`` runs, after ``warmup`` untimed runs."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def peak_rss_gb() -> float:
+    """Peak resident memory of this process so far (Linux reports KiB, macOS bytes)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024**3 if sys.platform == "darwin" else 1024**2)
+
+
+def run_benchmarks(device: str = "cpu", repeats: int = 3, preview: int = 256) -> dict:
+    from .pipeline import load_pipeline
+
+    start = time.perf_counter()
+    pipe = load_pipeline(random_weights=True, device=device)
+    load_s = time.perf_counter() - start
+    timings: list[Timing] = [Timing("load models (random weights, no file I/O)", load_s, 1)]
+
+    wplus = pipe.latent_avg[None].clone()
+    image = torch.zeros(1, 3, 256, 256)
+    with torch.inference_mode():
+        timings.append(
+            Timing(
+                "generator render 1024 (reference path)",
+                time_call(lambda: pipe.render(wplus), repeats),
+                repeats,
+            )
+        )
+        timings.append(
+            Timing(
+                f"generator preview {preview} (reference path)",
+                time_call(lambda: pipe.render(wplus, max_resolution=preview), repeats),
+                repeats,
+            )
+        )
+        timings.append(
+            Timing(
+                "encoder e4e 256 (reference path)",
+                time_call(lambda: pipe.invert_aligned(image), repeats),
+                repeats,
+            )
+        )
+    return {
+        "machine": {
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "device": str(pipe.device),
+        },
+        "timings": [asdict(t) for t in timings],
+        "peak_rss_gb": round(peak_rss_gb(), 3),
+    }
+
+
+def format_report(report: dict) -> str:
+    machine = report["machine"]
+    lines = [
+        f"CSLA bench: {machine['platform']}, torch {machine['torch']}, "
+        f"{machine['threads']} threads, device {machine['device']} (random weights, real sizes)",
+        f"{'stage':<48} {'median':>10}  runs",
+    ]
+    for t in report["timings"]:
+        lines.append(f"{t['stage']:<48} {t['median_s']:>9.3f}s  {t['runs']:>4}  {t['note']}")
+    lines.append(f"{'peak resident memory':<48} {report['peak_rss_gb']:>8.2f}GB")
+    return "\n".join(lines)
+
+
+def bench_command(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m csla_core bench", description=__doc__)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per stage (median)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument(
+        "--json", metavar="PATH", help="also write the figures as JSON ('-' = stdout)"
+    )
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    report = run_benchmarks(device=args.device, repeats=args.repeats)
+    if args.json == "-":
+        print(json.dumps(report, indent=2))
+    else:
+        print(format_report(report))
+        if args.json:
+            with open(args.json, "w") as handle:
+                json.dump(report, handle, indent=2)
+    return 0

@@ -1,0 +1,114 @@
+"""Pure-PyTorch building blocks of StyleGAN2: FIR filtering, biased leaky ReLU, equalized layers.
+
+The reference implementation compiles CUDA kernels for these at import time, which is the main
+reason peer projects fail to install. Everything here is plain PyTorch and runs on any device.
+Numerics follow the reference (rosinality/stylegan2-pytorch) exactly; formulas are from
+Karras et al., "Analyzing and Improving the Image Quality of StyleGAN" (2020).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+LEAKY_SLOPE = 0.2
+# Gain that keeps the activation variance of a leaky ReLU at about one (StyleGAN2's "def_gain").
+ACTIVATION_GAIN = math.sqrt(2.0)
+
+
+def make_fir_kernel(taps: Sequence[float]) -> torch.Tensor:
+    """2-D separable FIR kernel from 1-D taps, normalised to sum to one."""
+    k = torch.tensor(list(taps), dtype=torch.float32)
+    if k.ndim == 1:
+        k = torch.outer(k, k)
+    return k / k.sum()
+
+
+def upfirdn2d(
+    x: torch.Tensor,
+    kernel: torch.Tensor,
+    up: int = 1,
+    down: int = 1,
+    pad: tuple[int, int] = (0, 0),
+) -> torch.Tensor:
+    """Upsample by zero insertion, pad, filter with a 2-D FIR kernel, downsample.
+
+    x: [B, C, H, W]. ``pad`` = (before, after), applied to both axes; negative values crop.
+    The kernel is flipped before correlation, as a true convolution (the StyleGAN2 definition).
+    Filtering is depthwise (one group per channel), which is faster than folding channels into
+    the batch dimension and gives identical results.
+    """
+    batch, channels, height, width = x.shape
+    if up > 1:
+        x = x.reshape(batch, channels, height, 1, width, 1)
+        x = F.pad(x, [0, up - 1, 0, 0, 0, up - 1])
+        x = x.reshape(batch, channels, height * up, width * up)
+    pad0, pad1 = pad
+    x = F.pad(x, [max(pad0, 0), max(pad1, 0), max(pad0, 0), max(pad1, 0)])
+    if pad0 < 0 or pad1 < 0:
+        h, w = x.shape[-2:]
+        x = x[:, :, max(-pad0, 0) : h - max(-pad1, 0), max(-pad0, 0) : w - max(-pad1, 0)]
+    weight = torch.flip(kernel, [0, 1]).to(dtype=x.dtype, device=x.device)
+    weight = weight.expand(channels, 1, *kernel.shape)
+    x = F.conv2d(x, weight, groups=channels)
+    if down > 1:
+        x = x[:, :, ::down, ::down]
+    return x
+
+
+def biased_leaky_relu(
+    x: torch.Tensor, bias: torch.Tensor, gain: float = ACTIVATION_GAIN
+) -> torch.Tensor:
+    """leaky_relu(x + bias, 0.2) * gain, bias broadcast over channel dim 1 ("fused_leaky_relu")."""
+    shape = [1, -1] + [1] * (x.ndim - 2)
+    return F.leaky_relu(x + bias.view(shape), LEAKY_SLOPE) * gain
+
+
+class PixelNorm(nn.Module):
+    """Normalise each latent vector to unit root-mean-square."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.rsqrt(torch.mean(x * x, dim=1, keepdim=True) + 1e-8)
+
+
+class EqualLinear(nn.Module):
+    """Linear layer with equalized learning rate: weights stored unscaled, scaled at run time.
+
+    ``lr_mul`` < 1 slows the layer down (the mapping network uses 0.01); the stored weight is
+    then divided by ``lr_mul`` at init, so the effective weight has the same initial scale.
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int,
+        bias: bool = True,
+        bias_init: float = 0.0,
+        lr_mul: float = 1.0,
+        activation: bool = False,
+    ) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(out_dim, in_dim).div_(lr_mul))
+        self.bias = nn.Parameter(torch.full((out_dim,), float(bias_init))) if bias else None
+        self.scale = lr_mul / math.sqrt(in_dim)
+        self.lr_mul = lr_mul
+        self.activation = activation
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bias = self.bias * self.lr_mul if self.bias is not None else None
+        if self.activation:
+            out = F.linear(x, self.weight * self.scale)
+            return (
+                biased_leaky_relu(out, bias)
+                if bias is not None
+                else F.leaky_relu(out, 0.2) * ACTIVATION_GAIN
+            )
+        return F.linear(x, self.weight * self.scale, bias)
+
+    def extra_repr(self) -> str:
+        out_dim, in_dim = self.weight.shape
+        return f"{in_dim} -> {out_dim}, lr_mul={self.lr_mul}, activation={self.activation}"

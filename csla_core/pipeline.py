@@ -1,0 +1,267 @@
+"""``load_pipeline(...)``: the one entry point. It returns a ``CSLAPipeline`` that owns the models,
+the device and the latent average, and offers invert / render (and, through the CSLA mappers,
+edit / generate).
+
+Nothing is loaded at import; every model is built once, in ``load_pipeline``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import torch
+
+from . import weights
+from .e4e import Encoder4Editing, EncoderConfig
+from .errors import CSLAError, WeightsError
+from .imaging import resize_batch
+from .stylegan2 import Generator, GeneratorConfig, NoiseInjection, NoiseMode
+
+if TYPE_CHECKING:  # faces pulls in facenet-pytorch; import it only when photos are used
+    from PIL import Image
+
+    from .faces import AlignedFace, Face
+
+RANDOM_WEIGHTS_NOTICE = (
+    "RANDOM-WEIGHTS MODE: the models are untrained (development / tests / benchmarks); "
+    "images are noise, not faces. Run `python -m csla_core download` for the real weights."
+)
+ENCODER_INPUT_SIZE = 256
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@dataclass
+class Inversion:
+    """A photo's face, aligned and encoded. Tensors live on CPU (cheap to cache per session)."""
+
+    wplus: torch.Tensor  # [1, n_latent, 512], latent_avg included
+    aligned: AlignedFace  # the FFHQ crop and its transform back into the photo
+    faces: list[Face]  # every face found, largest first
+    face_index: int
+    photo: Image.Image  # the decoded, upright RGB photo
+
+
+@dataclass
+class CSLAPipeline:
+    generator: Generator
+    encoder: Encoder4Editing | None
+    latent_avg: torch.Tensor  # [n_latent, style_dim], on the device
+    device: torch.device
+    random_weights: bool = False
+    sources: dict[str, str] = field(default_factory=dict)
+    face_detector: object | None = None  # created on first use of a photo
+
+    # ------------------------------------------------------------------ info
+    @property
+    def notice(self) -> str:
+        """Text every front end shows beside outputs ("" for real weights)."""
+        return RANDOM_WEIGHTS_NOTICE if self.random_weights else ""
+
+    @property
+    def n_latent(self) -> int:
+        return self.generator.n_latent
+
+    # ------------------------------------------------------------------ core operations
+    @torch.inference_mode()
+    def invert_aligned(self, image: torch.Tensor) -> torch.Tensor:
+        """Aligned face(s) [B, 3, H, W] in [-1, 1] -> W+ [B, n_latent, 512] (latent_avg added).
+
+        Inputs of another size are resized (antialiased) to the encoder's 256 x 256.
+        """
+        if self.encoder is None:
+            raise CSLAError("This pipeline was loaded without the e4e encoder; it cannot invert.")
+        if image.ndim != 4 or image.shape[1] != 3:
+            raise ValueError(f"expected [B, 3, H, W] in [-1, 1], got {tuple(image.shape)}")
+        image = resize_batch(image.to(self.device, torch.float32), ENCODER_INPUT_SIZE)
+        return self.encoder(image) + self.latent_avg
+
+    @torch.inference_mode()
+    def styles(self, wplus: torch.Tensor) -> list[torch.Tensor]:
+        """W / W+ -> StyleSpace (26 tensors [B, C_i] at 1024 px)."""
+        return self.generator.styles_from_wplus(wplus.to(self.device))
+
+    @torch.inference_mode()
+    def render(
+        self,
+        wplus: torch.Tensor,
+        noise_mode: NoiseMode = "const",
+        max_resolution: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """W / W+ -> images [B, 3, R, R] in the generator's range (nominally [-1, 1])."""
+        return self.generator(wplus.to(self.device), noise_mode, max_resolution, generator)
+
+    @torch.inference_mode()
+    def render_styles(
+        self,
+        styles: Sequence[torch.Tensor],
+        noise_mode: NoiseMode = "const",
+        max_resolution: int | None = None,
+    ) -> torch.Tensor:
+        """StyleSpace -> images (for edits made in S)."""
+        return self.generator.synthesize(
+            [s.to(self.device) for s in styles], noise_mode, max_resolution
+        )
+
+    # ------------------------------------------------------------------ photos
+    def _detector(self):
+        if self.face_detector is None:
+            from .faces import FaceDetector
+
+            self.face_detector = FaceDetector(device=self.device)
+        return self.face_detector
+
+    def detect_faces(self, photo) -> list[Face]:
+        """Every face in a photo (path, bytes, PIL or array), largest first."""
+        from .faces import load_image
+
+        return self._detector().detect(load_image(photo))
+
+    def invert(self, photo, face_index: int = 0) -> Inversion:
+        """Photo -> faces -> FFHQ-aligned crop -> e4e -> W+ (with the crop and its transform)."""
+        from .faces import align_face, crop_to_tensor, load_image, select_face
+
+        image = load_image(photo)
+        faces = self._detector().detect(image)
+        face = select_face(faces, face_index)
+        aligned = align_face(image, face, output_size=self.generator.size)
+        wplus = self.invert_aligned(crop_to_tensor(aligned.image, ENCODER_INPUT_SIZE)).cpu()
+        return Inversion(
+            wplus=wplus, aligned=aligned, faces=faces, face_index=face_index, photo=image
+        )
+
+
+# ---------------------------------------------------------------------- construction
+def _seeded_build(seed: int, build):
+    """Build a module from a fixed seed without disturbing the caller's random state."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build()
+
+
+def _frozen(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    module.eval().requires_grad_(False)
+    return module.to(device)
+
+
+def _random_models(seed: int, size: int) -> tuple[Generator, Encoder4Editing, torch.Tensor]:
+    generator = _seeded_build(seed, lambda: Generator(GeneratorConfig(size=size)))
+    # Untrained noise strengths are zero, which would make every noise mode look the same;
+    # trained models have non-zero ones, so give them a typical value.
+    with torch.no_grad():
+        for module in generator.modules():
+            if isinstance(module, NoiseInjection):
+                module.weight.fill_(0.1)
+    encoder = _seeded_build(seed + 1, lambda: Encoder4Editing(EncoderConfig(stylegan_size=size)))
+    with torch.no_grad():
+        w_avg = generator.mean_latent(4096, torch.Generator().manual_seed(seed + 2))
+    return generator, encoder, w_avg.expand(generator.n_latent, -1).clone()
+
+
+def _latent_avg_rows(latent_avg: torch.Tensor | None, generator: Generator) -> torch.Tensor:
+    if latent_avg is None:
+        with torch.no_grad():
+            latent_avg = generator.mean_latent(10_000, torch.Generator().manual_seed(0))
+    latent_avg = latent_avg.detach().float().reshape(-1, generator.style_dim)
+    if latent_avg.shape[0] == 1:
+        latent_avg = latent_avg.expand(generator.n_latent, -1)
+    if latent_avg.shape[0] != generator.n_latent:
+        raise WeightsError(
+            f"latent_avg has {latent_avg.shape[0]} rows, expected 1 or {generator.n_latent}."
+        )
+    return latent_avg.clone()
+
+
+def _generator_from_state(state: dict) -> Generator:
+    config = GeneratorConfig(**weights.generator_config_from_state(state))
+    generator = Generator(config)
+    weights.load_state_strict(generator, state, "StyleGAN2 generator")
+    return generator
+
+
+def load_pipeline(
+    *,
+    device: str | torch.device | None = None,
+    random_weights: bool = False,
+    checkpoint_dir: str | os.PathLike | None = None,
+    e4e_path: str | os.PathLike | None = None,
+    stylegan2_path: str | os.PathLike | None = None,
+    with_encoder: bool = True,
+    allow_download: bool = True,
+    size: int = 1024,
+    seed: int = 0,
+) -> CSLAPipeline:
+    """Build the pipeline.
+
+    - ``random_weights=True``: the same full-size architectures, untrained and seeded; nothing is
+      read or downloaded. Every front end shows ``pipeline.notice``.
+    - otherwise: e4e's ``e4e_ffhq_encode.pt`` gives encoder, generator and latent_avg in one
+      file; ``stylegan2_path`` (rosinality ``{'g_ema', 'latent_avg'}``) replaces the generator,
+      and with ``with_encoder=False`` it is all that is needed (generator-only use).
+    Files are found as described in ``csla_core.weights`` (argument, env var, checkpoint folder,
+    hub cache, pinned download).
+    """
+    device = torch.device(device) if device is not None else default_device()
+    if random_weights:
+        generator, encoder, latent_avg = _random_models(seed, size)
+        sources = {"generator": "random", "encoder": "random"}
+        return CSLAPipeline(
+            generator=_frozen(generator, device),
+            encoder=_frozen(encoder, device),
+            latent_avg=latent_avg.to(device),
+            device=device,
+            random_weights=True,
+            sources=sources,
+        )
+
+    folder = weights.checkpoint_dir(checkpoint_dir)
+    wanted: dict[weights.WeightSpec, str | os.PathLike | None] = {}
+    if with_encoder:
+        wanted[weights.E4E_FFHQ] = e4e_path
+    if (
+        stylegan2_path is not None
+        or os.environ.get(weights.STYLEGAN2_FFHQ.env_var)
+        or not with_encoder
+    ):
+        wanted[weights.STYLEGAN2_FFHQ] = stylegan2_path
+    files = weights.resolve_many(wanted, directory=folder, allow_download=allow_download)
+
+    sources: dict[str, str] = {}
+    generator = encoder = latent_avg = None
+    if weights.STYLEGAN2_FFHQ in files:
+        state, latent_avg = weights.read_stylegan2_checkpoint(files[weights.STYLEGAN2_FFHQ])
+        generator = _generator_from_state(state)
+        sources["generator"] = str(files[weights.STYLEGAN2_FFHQ])
+        del state
+    if weights.E4E_FFHQ in files:
+        e4e_file = files[weights.E4E_FFHQ]
+        ckpt = weights.read_e4e_checkpoint(e4e_file)
+        if generator is None:
+            generator = _generator_from_state(ckpt.generator_state)
+            sources["generator"] = str(e4e_file)
+        size = weights.generator_config_from_state(ckpt.generator_state)["size"]
+        encoder = Encoder4Editing(EncoderConfig(stylegan_size=size))
+        weights.load_state_strict(encoder, ckpt.encoder_state, "e4e encoder")
+        # e4e's latent_avg is the one its encoder was trained against: it wins.
+        latent_avg = ckpt.latent_avg
+        sources["encoder"] = str(e4e_file)
+        del ckpt
+    assert generator is not None
+    if encoder is not None and encoder.n_styles != generator.n_latent:
+        raise WeightsError(
+            f"The encoder predicts {encoder.n_styles} W+ rows but the generator takes "
+            f"{generator.n_latent}: the two files are for different resolutions."
+        )
+    return CSLAPipeline(
+        generator=_frozen(generator, device),
+        encoder=_frozen(encoder, device) if encoder is not None else None,
+        latent_avg=_latent_avg_rows(latent_avg, generator).to(device),
+        device=device,
+        sources=sources,
+    )

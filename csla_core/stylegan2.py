@@ -1,0 +1,400 @@
+"""StyleGAN2 generator (config F, skip generator), readable in one file.
+
+Module and parameter names follow the rosinality/stylegan2-pytorch checkpoint layout exactly
+(``style.1.weight``, ``convs.3.conv.modulation.bias``, ``noises.noise_16``, ...), so the
+checkpoints every published demo uses (rosinality ``stylegan2-ffhq-config-f.pt`` and the
+``decoder.*`` half of e4e's ``e4e_ffhq_encode.pt``) load with a strict ``load_state_dict``.
+
+Latent spaces (Karras et al. 2020; Wu et al., "StyleSpace Analysis", 2021):
+- Z: [B, 512] Gaussian input of the mapping network.
+- W: [B, 512] mapping-network output; W+: [B, n_latent, 512], one w per synthesis input.
+- S (StyleSpace): the outputs of the 26 affine "modulation" layers (9088 channels at 1024 px),
+  in execution order. ``styles_from_wplus`` reads them, ``synthesize`` renders from them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .ops import EqualLinear, PixelNorm, biased_leaky_relu, make_fir_kernel, upfirdn2d
+
+NoiseMode = Literal["const", "random", "none"]
+BLUR_TAPS = (1, 3, 3, 1)
+
+
+@dataclass(frozen=True)
+class GeneratorConfig:
+    size: int = 1024
+    style_dim: int = 512
+    n_mlp: int = 8
+    channel_multiplier: int = 2
+    lr_mlp: float = 0.01
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def channels_for(resolution: int, channel_multiplier: int) -> int:
+    """Feature channels at a resolution (StyleGAN2 config F table)."""
+    table = {
+        4: 512,
+        8: 512,
+        16: 512,
+        32: 512,
+        64: 256 * channel_multiplier,
+        128: 128 * channel_multiplier,
+        256: 64 * channel_multiplier,
+        512: 32 * channel_multiplier,
+        1024: 16 * channel_multiplier,
+    }
+    return table[resolution]
+
+
+class ConstantInput(nn.Module):
+    """The learned 4x4 constant the synthesis network starts from."""
+
+    def __init__(self, channels: int, size: int = 4) -> None:
+        super().__init__()
+        self.input = nn.Parameter(torch.randn(1, channels, size, size))
+
+    def forward(self, batch: int) -> torch.Tensor:
+        return self.input.expand(batch, -1, -1, -1)
+
+
+class NoiseInjection(nn.Module):
+    """Adds per-pixel noise scaled by one learned weight."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
+        if noise is None:
+            return x
+        return x + self.weight * noise
+
+
+class Blur(nn.Module):
+    """FIR low-pass filter applied after the transposed convolution of an upsampling layer."""
+
+    def __init__(self, pad: tuple[int, int], upsample_factor: int = 1) -> None:
+        super().__init__()
+        # Upsampling by zero insertion lowers the mean by factor^2; the kernel gain restores it.
+        self.register_buffer("kernel", make_fir_kernel(BLUR_TAPS) * upsample_factor**2)
+        self.pad = pad
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return upfirdn2d(x, self.kernel, pad=self.pad)
+
+
+class Upsample(nn.Module):
+    """2x FIR upsampling of the RGB skip image."""
+
+    def __init__(self, factor: int = 2) -> None:
+        super().__init__()
+        self.register_buffer("kernel", make_fir_kernel(BLUR_TAPS) * factor**2)
+        self.factor = factor
+        p = self.kernel.shape[0] - factor
+        self.pad = ((p + 1) // 2 + factor - 1, p // 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return upfirdn2d(x, self.kernel, up=self.factor, pad=self.pad)
+
+
+class ModulatedConv2d(nn.Module):
+    """Convolution whose weights are scaled per input channel by a style, then demodulated.
+
+    ``forward`` takes the style ``s`` (the modulation layer's output, one StyleSpace entry)
+    rather than w, so that edits in S can be rendered directly.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        style_dim: int,
+        demodulate: bool = True,
+        upsample: bool = False,
+    ) -> None:
+        super().__init__()
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.kernel_size = kernel_size
+        self.demodulate = demodulate
+        self.upsample = upsample
+        self.scale = 1.0 / math.sqrt(in_channels * kernel_size**2)
+        self.padding = kernel_size // 2
+        self.weight = nn.Parameter(
+            torch.randn(1, out_channels, in_channels, kernel_size, kernel_size)
+        )
+        # bias_init=1: styles start around one, i.e. the layer starts as a plain convolution.
+        self.modulation = EqualLinear(style_dim, in_channels, bias_init=1.0)
+        if upsample:
+            factor = 2
+            p = (len(BLUR_TAPS) - factor) - (kernel_size - 1)
+            self.blur = Blur(pad=((p + 1) // 2 + factor - 1, p // 2 + 1), upsample_factor=factor)
+
+    def modulated_weight(self, s: torch.Tensor) -> torch.Tensor:
+        """Per-sample weights [B, out, in, k, k] for styles s [B, in]."""
+        weight = self.scale * self.weight * s[:, None, :, None, None]
+        if self.demodulate:
+            demod = torch.rsqrt(weight.pow(2).sum(dim=(2, 3, 4)) + 1e-8)
+            weight = weight * demod[:, :, None, None, None]
+        return weight
+
+    def forward(self, x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        batch, in_channels, height, width = x.shape
+        weight = self.modulated_weight(s)
+        k = self.kernel_size
+        # Grouped convolution: the batch is folded into channels, one group per sample.
+        x = x.reshape(1, batch * in_channels, height, width)
+        if self.upsample:
+            weight = weight.transpose(1, 2).reshape(batch * in_channels, self.out_channels, k, k)
+            out = F.conv_transpose2d(x, weight, padding=0, stride=2, groups=batch)
+            out = out.reshape(batch, self.out_channels, *out.shape[-2:])
+            return self.blur(out)
+        weight = weight.reshape(batch * self.out_channels, in_channels, k, k)
+        out = F.conv2d(x, weight, padding=self.padding, groups=batch)
+        return out.reshape(batch, self.out_channels, *out.shape[-2:])
+
+
+class StyledConv(nn.Module):
+    """Modulated 3x3 convolution + noise + biased leaky ReLU."""
+
+    def __init__(self, in_channels: int, out_channels: int, style_dim: int, upsample: bool = False):
+        super().__init__()
+        self.conv = ModulatedConv2d(in_channels, out_channels, 3, style_dim, upsample=upsample)
+        self.noise = NoiseInjection()
+        self.activate = _BiasedLeakyReLU(out_channels)
+
+    def forward(self, x: torch.Tensor, s: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
+        return self.activate(self.noise(self.conv(x, s), noise))
+
+
+class _BiasedLeakyReLU(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return biased_leaky_relu(x, self.bias)
+
+
+class ToRGB(nn.Module):
+    """1x1 modulated convolution (no demodulation) to RGB, added to the upsampled skip image."""
+
+    def __init__(self, in_channels: int, style_dim: int, upsample: bool = True) -> None:
+        super().__init__()
+        if upsample:
+            self.upsample = Upsample()
+        self.conv = ModulatedConv2d(in_channels, 3, 1, style_dim, demodulate=False)
+        self.bias = nn.Parameter(torch.zeros(1, 3, 1, 1))
+
+    def forward(self, x: torch.Tensor, s: torch.Tensor, skip: torch.Tensor | None) -> torch.Tensor:
+        out = self.conv(x, s) + self.bias
+        if skip is not None:
+            out = out + self.upsample(skip)
+        return out
+
+
+class _NoiseBuffers(nn.Module):
+    """Holds the fixed per-layer noise images (``noises.noise_0`` ... in checkpoints)."""
+
+
+class Generator(nn.Module):
+    """StyleGAN2 generator. Output images are nominally in [-1, 1], NCHW float."""
+
+    def __init__(self, config: GeneratorConfig | None = None, **overrides) -> None:
+        super().__init__()
+        config = config or GeneratorConfig()
+        if overrides:
+            config = GeneratorConfig(**{**config.to_dict(), **overrides})
+        self.config = config
+        log_size = int(math.log2(config.size))
+        if 2**log_size != config.size or log_size < 3:
+            raise ValueError(f"generator size must be a power of two >= 8, got {config.size}")
+        self.log_size = log_size
+        self.style_dim = config.style_dim
+        cm = config.channel_multiplier
+
+        layers: list[nn.Module] = [PixelNorm()]
+        for _ in range(config.n_mlp):
+            layers.append(
+                EqualLinear(
+                    config.style_dim, config.style_dim, lr_mul=config.lr_mlp, activation=True
+                )
+            )
+        self.style = nn.Sequential(*layers)
+
+        self.input = ConstantInput(channels_for(4, cm))
+        self.conv1 = StyledConv(channels_for(4, cm), channels_for(4, cm), config.style_dim)
+        self.to_rgb1 = ToRGB(channels_for(4, cm), config.style_dim, upsample=False)
+
+        self.num_noise_layers = (log_size - 2) * 2 + 1
+        self.noises = _NoiseBuffers()
+        for i in range(self.num_noise_layers):
+            res = 2 ** ((i + 5) // 2)
+            self.noises.register_buffer(f"noise_{i}", torch.randn(1, 1, res, res))
+
+        self.convs = nn.ModuleList()
+        self.to_rgbs = nn.ModuleList()
+        in_ch = channels_for(4, cm)
+        for i in range(3, log_size + 1):
+            out_ch = channels_for(2**i, cm)
+            self.convs.append(StyledConv(in_ch, out_ch, config.style_dim, upsample=True))
+            self.convs.append(StyledConv(out_ch, out_ch, config.style_dim))
+            self.to_rgbs.append(ToRGB(out_ch, config.style_dim))
+            in_ch = out_ch
+
+        self.n_latent = log_size * 2 - 2
+
+    # ------------------------------------------------------------------ latent spaces
+    @property
+    def size(self) -> int:
+        return self.config.size
+
+    def mapping(self, z: torch.Tensor) -> torch.Tensor:
+        """Z [B, style_dim] -> W [B, style_dim]."""
+        return self.style(z)
+
+    @torch.no_grad()
+    def mean_latent(self, n: int = 4096, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Average of W over ``n`` random z: [1, style_dim] (the truncation centre)."""
+        device = self.input.input.device
+        z = torch.randn(n, self.style_dim, generator=generator, device="cpu").to(device)
+        return self.mapping(z).mean(dim=0, keepdim=True)
+
+    def to_wplus(self, w: torch.Tensor) -> torch.Tensor:
+        """W [B, D] -> W+ [B, n_latent, D]; W+ passes through."""
+        if w.ndim == 2:
+            return w[:, None, :].expand(-1, self.n_latent, -1)
+        if w.ndim == 3 and w.shape[1] == self.n_latent:
+            return w
+        raise ValueError(
+            f"expected W [B,{self.style_dim}] or W+ [B,{self.n_latent},{self.style_dim}], got {tuple(w.shape)}"
+        )
+
+    def _style_layers(self) -> list[ModulatedConv2d]:
+        """The modulated convolutions in execution order (one StyleSpace entry each)."""
+        layers = [self.conv1.conv, self.to_rgb1.conv]
+        for i, to_rgb in enumerate(self.to_rgbs):
+            layers += [self.convs[2 * i].conv, self.convs[2 * i + 1].conv, to_rgb.conv]
+        return layers
+
+    def _style_wplus_index(self) -> list[int]:
+        """Which W+ row feeds each StyleSpace layer (to_rgb shares the next conv's row)."""
+        index = [0, 1]
+        for i in range(len(self.to_rgbs)):
+            index += [1 + 2 * i, 2 + 2 * i, 3 + 2 * i]
+        return index
+
+    @property
+    def style_dims(self) -> list[int]:
+        """Channels of each StyleSpace entry (26 entries, 9088 in total at 1024 px)."""
+        return [layer.in_channels for layer in self._style_layers()]
+
+    def styles_from_wplus(self, wplus: torch.Tensor) -> list[torch.Tensor]:
+        """W or W+ -> StyleSpace: a list of [B, C_i] tensors in execution order."""
+        wplus = self.to_wplus(wplus)
+        return [
+            layer.modulation(wplus[:, row])
+            for layer, row in zip(self._style_layers(), self._style_wplus_index())
+        ]
+
+    # ------------------------------------------------------------------ synthesis
+    def _noise(
+        self,
+        index: int,
+        batch: int,
+        resolution: int,
+        like: torch.Tensor,
+        mode: NoiseMode,
+        generator: torch.Generator | None,
+    ) -> torch.Tensor | None:
+        if mode == "none":
+            return None
+        if mode == "const":
+            return getattr(self.noises, f"noise_{index}")
+        if mode == "random":
+            # Drawn on the generator's device so a seeded CPU generator is reproducible anywhere.
+            gen_device = generator.device if generator is not None else like.device
+            noise = torch.randn(
+                (batch, 1, resolution, resolution), generator=generator, device=gen_device
+            )
+            return noise.to(device=like.device, dtype=like.dtype)
+        raise ValueError(f"noise_mode must be 'const', 'random' or 'none', got {mode!r}")
+
+    def synthesize(
+        self,
+        styles: Sequence[torch.Tensor],
+        noise_mode: NoiseMode = "const",
+        max_resolution: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Render from StyleSpace. Returns [B, 3, R, R] with R = ``max_resolution`` or size.
+
+        The skip architecture has an RGB image at every level, so stopping early gives a
+        lower-resolution preview of the same image for a fraction of the cost.
+        """
+        if len(styles) != len(self.style_dims):
+            raise ValueError(f"expected {len(self.style_dims)} style tensors, got {len(styles)}")
+        target = max_resolution or self.size
+        if target not in {2**i for i in range(2, self.log_size + 1)}:
+            raise ValueError(
+                f"max_resolution must be a power of two in [4, {self.size}], got {target}"
+            )
+        batch = styles[0].shape[0]
+        x = self.input(batch)
+        x = self.conv1(x, styles[0], self._noise(0, batch, 4, x, noise_mode, generator))
+        skip = self.to_rgb1(x, styles[1], None)
+        for i, to_rgb in enumerate(self.to_rgbs):
+            resolution = 2 ** (i + 3)
+            if resolution > target:
+                break
+            k = 2 + 3 * i
+            up_conv, conv = self.convs[2 * i], self.convs[2 * i + 1]
+            x = up_conv(
+                x, styles[k], self._noise(2 * i + 1, batch, resolution, x, noise_mode, generator)
+            )
+            x = conv(
+                x,
+                styles[k + 1],
+                self._noise(2 * i + 2, batch, resolution, x, noise_mode, generator),
+            )
+            skip = to_rgb(x, styles[k + 2], skip)
+        return skip
+
+    def forward(
+        self,
+        wplus: torch.Tensor,
+        noise_mode: NoiseMode = "const",
+        max_resolution: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Render from W [B, D] or W+ [B, n_latent, D]."""
+        return self.synthesize(self.styles_from_wplus(wplus), noise_mode, max_resolution, generator)
+
+    def render_z(
+        self,
+        z: torch.Tensor,
+        truncation: float = 1.0,
+        truncation_latent: torch.Tensor | None = None,
+        noise_mode: NoiseMode = "const",
+        max_resolution: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Render from Z with optional truncation towards ``truncation_latent`` (W average)."""
+        w = self.mapping(z)
+        if truncation != 1.0:
+            if truncation_latent is None:
+                raise ValueError("truncation < 1 needs truncation_latent (the average w)")
+            w = truncation_latent + truncation * (w - truncation_latent)
+        return self.forward(w, noise_mode, max_resolution, generator)

@@ -1,0 +1,103 @@
+"""The public entry point in random-weights mode: full-size architecture, no files, no downloads."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from csla_core import load_pipeline
+from csla_core.imaging import resize_batch, tensor_to_pil
+from csla_core.pipeline import RANDOM_WEIGHTS_NOTICE
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return load_pipeline(random_weights=True, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def small_pipe():
+    return load_pipeline(random_weights=True, device="cpu", size=64, seed=3)
+
+
+def test_random_weights_pipeline_is_full_size_and_says_so(pipe):
+    assert pipe.random_weights and pipe.notice == RANDOM_WEIGHTS_NOTICE
+    assert "RANDOM-WEIGHTS MODE" in pipe.notice and "download" in pipe.notice
+    assert pipe.sources == {"generator": "random", "encoder": "random"}
+    assert pipe.generator.size == 1024 and pipe.n_latent == 18
+    assert sum(pipe.generator.style_dims) == 9088
+    assert pipe.latent_avg.shape == (18, 512)
+    n_params = sum(p.numel() for p in pipe.encoder.parameters())
+    assert n_params > 250_000_000  # the real e4e encoder's size, not a stand-in
+    assert not any(p.requires_grad for p in pipe.generator.parameters())
+
+
+def test_render_full_size_and_preview(pipe):
+    wplus = pipe.latent_avg[None]
+    image = pipe.render(wplus, noise_mode="const")
+    assert image.shape == (1, 3, 1024, 1024) and torch.isfinite(image).all()
+    assert torch.equal(image, pipe.render(wplus, noise_mode="const"))  # stored noise: repeatable
+    preview = pipe.render(wplus, max_resolution=256)
+    assert preview.shape == (1, 3, 256, 256)
+    # the preview is the skip branch of the same render, not another picture: it is what the
+    # full image is built on, so they are strongly correlated
+    full_small = resize_batch(image, 256)
+    corr = torch.corrcoef(torch.stack([full_small.flatten(), preview.flatten()]))[0, 1]
+    assert corr > 0.5, f"preview/full correlation {corr:.2f}"
+
+
+def test_w_and_wplus_and_stylespace_render_the_same(small_pipe):
+    w = small_pipe.generator.mapping(torch.randn(2, 512, generator=torch.Generator().manual_seed(1)))
+    from_w = small_pipe.render(w)
+    from_wplus = small_pipe.render(w[:, None].expand(-1, small_pipe.n_latent, -1))
+    from_s = small_pipe.render_styles(small_pipe.styles(w))
+    assert torch.equal(from_w, from_wplus) and torch.equal(from_w, from_s)
+    # batch items are independent
+    assert torch.allclose(small_pipe.render(w[1:]), from_w[1:], atol=1e-5, rtol=1e-4)
+
+
+def test_editing_one_stylespace_channel_changes_the_image(small_pipe):
+    wplus = small_pipe.latent_avg[None]
+    styles = small_pipe.styles(wplus)
+    base = small_pipe.render_styles(styles)
+    edited = [s.clone() for s in styles]
+    edited[5][0, 7] += 5.0
+    changed = small_pipe.render_styles(edited)
+    assert (changed - base).abs().max() > 1e-3
+    assert torch.equal(small_pipe.render_styles([s.clone() for s in styles]), base)
+
+
+def test_noise_modes(small_pipe):
+    wplus = small_pipe.latent_avg[None]
+    seeded = [small_pipe.render(wplus, "random", generator=torch.Generator().manual_seed(s)) for s in (1, 1, 2)]
+    assert torch.equal(seeded[0], seeded[1]) and not torch.equal(seeded[0], seeded[2])
+    assert not torch.equal(small_pipe.render(wplus, "none"), small_pipe.render(wplus, "const"))
+    with pytest.raises(ValueError, match="noise_mode"):
+        small_pipe.render(wplus, "sometimes")
+
+
+def test_invert_aligned_adds_latent_avg_and_resizes(small_pipe):
+    image = torch.rand(1, 3, 256, 256, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    wplus = small_pipe.invert_aligned(image)
+    assert wplus.shape == (1, small_pipe.n_latent, 512)
+    raw = small_pipe.encoder(image)
+    torch.testing.assert_close(wplus, raw + small_pipe.latent_avg)
+    big = torch.nn.functional.interpolate(image, scale_factor=4, mode="nearest")
+    torch.testing.assert_close(small_pipe.invert_aligned(big), wplus, atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match=r"expected \[B, 3, H, W\]"):
+        small_pipe.invert_aligned(image[0])
+
+
+def test_random_weights_are_seeded():
+    a = load_pipeline(random_weights=True, device="cpu", size=32, seed=0)
+    b = load_pipeline(random_weights=True, device="cpu", size=32, seed=0)
+    c = load_pipeline(random_weights=True, device="cpu", size=32, seed=1)
+    torch.testing.assert_close(a.latent_avg, b.latent_avg)
+    assert not torch.allclose(a.latent_avg, c.latent_avg)
+
+
+def test_tensor_to_pil_maps_generator_range_to_pixels():
+    images = torch.tensor([-1.0, 0.0, 1.0, 3.0]).view(1, 1, 1, 4).expand(2, 3, 1, 4)
+    pictures = tensor_to_pil(images)
+    assert len(pictures) == 2 and pictures[0].size == (4, 1)
+    assert [pictures[0].getpixel((x, 0))[0] for x in range(4)] == [0, 128, 255, 255]

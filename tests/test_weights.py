@@ -1,0 +1,174 @@
+"""Finding, verifying and safely reading weight files, with the exact real formats."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from csla_core import WeightsError, load_pipeline, weights
+from csla_core.stylegan2 import Generator, GeneratorConfig
+from conftest import REPO_ROOT
+
+SMALL = weights.WeightSpec(
+    key="small",
+    filename="small.pt",
+    description="a small test file",
+    env_var="CSLA_TEST_SMALL",
+    hub=weights.HubFile("org/small", "small.pt", "0" * 40),
+)
+
+
+def small_spec_for(content: bytes) -> weights.WeightSpec:
+    return weights.WeightSpec(
+        **{**SMALL.__dict__, "size": len(content), "sha256": hashlib.sha256(content).hexdigest()}
+    )
+
+
+def test_offline_without_files_names_every_file_source_and_folder(isolated_weights_env, monkeypatch):
+    monkeypatch.chdir(isolated_weights_env.parent)
+    with pytest.raises(WeightsError) as info:
+        load_pipeline(device="cpu")
+    message = str(info.value)
+    assert "e4e_ffhq_encode.pt" in message
+    assert "huggingface.co/public-data/e4e/blob/fdd18714fc6b639487adbd901f16f67eb24ba786" in message
+    assert str(isolated_weights_env.resolve()) in message
+    assert "CSLA_E4E" in message and "python -m csla_core download" in message
+    assert "HF_HUB_OFFLINE" in message and "random-weights" in message
+
+
+def test_command_line_without_weights_prints_message_not_traceback(isolated_weights_env, tmp_path):
+    from PIL import Image
+
+    photo = tmp_path / "photo.png"
+    Image.new("RGB", (64, 64), "white").save(photo)
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "CSLA_CHECKPOINT_DIR": str(isolated_weights_env)}
+    result = subprocess.run(
+        [sys.executable, "-m", "csla_core", "invert", str(photo)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: Model weights not found")
+    assert "e4e_ffhq_encode.pt" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_checkpoint_folder_file_with_wrong_size_is_reported(isolated_weights_env):
+    (isolated_weights_env / "e4e_ffhq_encode.pt").write_bytes(b"partial download")
+    with pytest.raises(WeightsError, match=r"has 16 bytes, expected 1,201,649,680"):
+        weights.resolve(weights.E4E_FFHQ, directory=isolated_weights_env)
+
+
+def test_checkpoint_folder_file_with_right_size_but_wrong_hash_is_reported(isolated_weights_env):
+    # A sparse file of exactly the real size: only the sha256 can tell it apart.
+    path = isolated_weights_env / "e4e_ffhq_encode.pt"
+    with open(path, "wb") as handle:
+        handle.truncate(weights.E4E_FFHQ.size)
+    with pytest.raises(WeightsError, match="failed its checksum") as info:
+        weights.resolve(weights.E4E_FFHQ, directory=isolated_weights_env)
+    assert "python -m csla_core download --only e4e" in str(info.value)
+
+
+def test_verified_file_in_checkpoint_folder_is_used(isolated_weights_env):
+    content = b"pretend weights"
+    spec = small_spec_for(content)
+    (isolated_weights_env / spec.filename).write_bytes(content)
+    assert weights.resolve(spec, directory=isolated_weights_env) == isolated_weights_env / "small.pt"
+    (isolated_weights_env / spec.filename).write_bytes(b"pretend weightz")  # same size, other bytes
+    with pytest.raises(WeightsError, match="failed its checksum"):
+        weights.resolve(spec, directory=isolated_weights_env)
+
+
+def test_file_in_hub_cache_is_found(isolated_weights_env, tmp_path):
+    content = b"cached weights"
+    spec = small_spec_for(content)
+    snapshot = tmp_path / "hub-cache" / "models--org--small" / "snapshots" / spec.hub.revision
+    snapshot.mkdir(parents=True)
+    (snapshot / "small.pt").write_bytes(content)
+    assert weights.resolve(spec, directory=isolated_weights_env) == snapshot / "small.pt"
+
+
+def test_explicit_path_and_environment_variable(isolated_weights_env, tmp_path, monkeypatch):
+    mine = tmp_path / "my_variant.pt"
+    mine.write_bytes(b"user's own fine-tuned file")  # not held to the pinned hash
+    assert weights.resolve(SMALL, path=mine, directory=isolated_weights_env) == mine
+    monkeypatch.setenv("CSLA_TEST_SMALL", str(mine))
+    assert weights.resolve(SMALL, directory=isolated_weights_env) == mine
+    monkeypatch.setenv("CSLA_TEST_SMALL", str(tmp_path / "nope.pt"))
+    with pytest.raises(WeightsError, match="CSLA_TEST_SMALL=.*does not point to a file"):
+        weights.resolve(SMALL, directory=isolated_weights_env)
+    with pytest.raises(WeightsError, match="does not exist"):
+        weights.resolve(SMALL, path=tmp_path / "missing.pt", directory=isolated_weights_env)
+
+
+def test_download_when_offline_is_a_clear_error(isolated_weights_env):
+    with pytest.raises(WeightsError, match="Could not download small.pt from https://huggingface.co/org/small"):
+        weights.download(SMALL)
+
+
+def test_non_checkpoint_file_is_refused(tmp_path):
+    path = tmp_path / "e4e_ffhq_encode.pt"
+    path.write_text("<html>404 not found</html>")
+    with pytest.raises(WeightsError, match="not a readable PyTorch checkpoint"):
+        weights.read_e4e_checkpoint(path)
+    with pytest.raises(WeightsError, match="not a readable PyTorch checkpoint"):
+        load_pipeline(e4e_path=path, device="cpu")
+
+
+class _RunsCode:
+    """An object whose unpickling would run a shell command."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_pickle_carrying_code_is_refused_and_never_runs(tmp_path):
+    marker = tmp_path / "code-ran"
+    path = tmp_path / "evil.pt"
+    torch.save({"state_dict": {}, "payload": _RunsCode(marker)}, path)
+    with pytest.raises(WeightsError, match="Refused to load .*not a plain weights file"):
+        weights.load_checkpoint(path)
+    assert not marker.exists()
+
+
+def test_torch_file_of_another_kind_is_named_as_such(tmp_path):
+    path = tmp_path / "other.pt"
+    torch.save({"model": {"fc.weight": torch.zeros(2, 2)}}, path)
+    with pytest.raises(WeightsError, match="not an e4e checkpoint: expected a 'state_dict'"):
+        weights.read_e4e_checkpoint(path)
+    with pytest.raises(WeightsError, match="not a rosinality StyleGAN2 checkpoint"):
+        weights.read_stylegan2_checkpoint(path)
+    torch.save({"state_dict": {"encoder.x": torch.zeros(1)}}, path)
+    with pytest.raises(WeightsError, match="needs encoder.. and decoder.. weights and a latent_avg"):
+        weights.read_e4e_checkpoint(path)
+
+
+def test_generator_config_is_read_from_the_state_dict():
+    for config in (GeneratorConfig(size=64, style_dim=32, n_mlp=3, channel_multiplier=1), GeneratorConfig()):
+        state = Generator(config).state_dict()
+        inferred = weights.generator_config_from_state(state)
+        assert inferred == {k: v for k, v in config.to_dict().items() if k != "lr_mlp"}
+
+
+def test_weights_that_do_not_fit_are_named(tmp_path):
+    small = Generator(GeneratorConfig(size=32, style_dim=32, n_mlp=2, channel_multiplier=1))
+    other = Generator(GeneratorConfig(size=32, style_dim=64, n_mlp=2, channel_multiplier=1)).state_dict()
+    with pytest.raises(WeightsError, match="other shapes") as info:
+        weights.load_state_strict(small, other, "StyleGAN2 generator")
+    assert "StyleGAN2 generator" in str(info.value)
+    del other["input.input"]
+    other["extra.weight"] = torch.zeros(1)
+    with pytest.raises(WeightsError, match=r"1 missing \(e.g. input.input\).*1 unexpected"):
+        weights.load_state_strict(small, other, "StyleGAN2 generator")
