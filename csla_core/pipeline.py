@@ -23,6 +23,7 @@ from .stylegan2 import Generator, GeneratorConfig, NoiseInjection, NoiseMode
 if TYPE_CHECKING:  # faces pulls in facenet-pytorch; import it only when photos are used
     from PIL import Image
 
+    from .clip_space import ClipEmbedder
     from .faces import AlignedFace, Face
 
 RANDOM_WEIGHTS_NOTICE = (
@@ -30,6 +31,9 @@ RANDOM_WEIGHTS_NOTICE = (
     "images are noise, not faces. Run `python -m csla_core download` for the real weights."
 )
 ENCODER_INPUT_SIZE = 256
+# QuickGELU is what OpenAI's CLIP was trained with: plain 'ViT-B-32' (GELU) gives other embeddings.
+CLIP_MODEL_NAME = "ViT-B-32-quickgelu"
+CLIP_TOKENIZER_NAME = "ViT-B-32"
 
 
 def default_device() -> torch.device:
@@ -55,6 +59,7 @@ class CSLAPipeline:
     device: torch.device
     random_weights: bool = False
     sources: dict[str, str] = field(default_factory=dict)
+    clip: ClipEmbedder | None = None
     face_detector: object | None = None  # created on first use of a photo
 
     # ------------------------------------------------------------------ info
@@ -185,6 +190,15 @@ def _generator_from_state(state: dict) -> Generator:
     return generator
 
 
+def _random_clip(seed: int, device: torch.device):
+    import open_clip
+
+    from .clip_space import ClipEmbedder
+
+    model = _seeded_build(seed + 3, lambda: open_clip.create_model(CLIP_MODEL_NAME))
+    return ClipEmbedder(model, open_clip.get_tokenizer(CLIP_TOKENIZER_NAME)).to(device)
+
+
 def load_pipeline(
     *,
     device: str | torch.device | None = None,
@@ -192,7 +206,9 @@ def load_pipeline(
     checkpoint_dir: str | os.PathLike | None = None,
     e4e_path: str | os.PathLike | None = None,
     stylegan2_path: str | os.PathLike | None = None,
+    clip_path: str | os.PathLike | None = None,
     with_encoder: bool = True,
+    with_clip: bool = True,
     allow_download: bool = True,
     size: int = 1024,
     seed: int = 0,
@@ -203,14 +219,20 @@ def load_pipeline(
       read or downloaded. Every front end shows ``pipeline.notice``.
     - otherwise: e4e's ``e4e_ffhq_encode.pt`` gives encoder, generator and latent_avg in one
       file; ``stylegan2_path`` (rosinality ``{'g_ema', 'latent_avg'}``) replaces the generator,
-      and with ``with_encoder=False`` it is all that is needed (generator-only use).
+      and with ``with_encoder=False`` it is all that is needed (generator-only use). CLIP is
+      open_clip's ``ViT-B-32-quickgelu`` with OpenAI's weights (``with_clip=False`` skips it:
+      inversion and rendering need no CLIP).
     Files are found as described in ``csla_core.weights`` (argument, env var, checkpoint folder,
-    hub cache, pinned download).
+    hub cache, pinned download); when several are missing, one error names them all.
     """
     device = torch.device(device) if device is not None else default_device()
     if random_weights:
         generator, encoder, latent_avg = _random_models(seed, size)
         sources = {"generator": "random", "encoder": "random"}
+        clip = None
+        if with_clip:
+            clip = _random_clip(seed, device)
+            sources["clip"] = "random"
         return CSLAPipeline(
             generator=_frozen(generator, device),
             encoder=_frozen(encoder, device),
@@ -218,6 +240,7 @@ def load_pipeline(
             device=device,
             random_weights=True,
             sources=sources,
+            clip=clip,
         )
 
     folder = weights.checkpoint_dir(checkpoint_dir)
@@ -230,6 +253,8 @@ def load_pipeline(
         or not with_encoder
     ):
         wanted[weights.STYLEGAN2_FFHQ] = stylegan2_path
+    if with_clip:
+        wanted[weights.CLIP_VIT_B32] = clip_path
     files = weights.resolve_many(wanted, directory=folder, allow_download=allow_download)
 
     sources: dict[str, str] = {}
@@ -245,8 +270,8 @@ def load_pipeline(
         if generator is None:
             generator = _generator_from_state(ckpt.generator_state)
             sources["generator"] = str(e4e_file)
-        size = weights.generator_config_from_state(ckpt.generator_state)["size"]
-        encoder = Encoder4Editing(EncoderConfig(stylegan_size=size))
+        e4e_size = weights.generator_config_from_state(ckpt.generator_state)["size"]
+        encoder = Encoder4Editing(EncoderConfig(stylegan_size=e4e_size))
         weights.load_state_strict(encoder, ckpt.encoder_state, "e4e encoder")
         # e4e's latent_avg is the one its encoder was trained against: it wins.
         latent_avg = ckpt.latent_avg
@@ -258,10 +283,19 @@ def load_pipeline(
             f"The encoder predicts {encoder.n_styles} W+ rows but the generator takes "
             f"{generator.n_latent}: the two files are for different resolutions."
         )
+    clip = None
+    if weights.CLIP_VIT_B32 in files:
+        from .clip_space import ClipEmbedder
+
+        clip = ClipEmbedder.from_pretrained(
+            str(files[weights.CLIP_VIT_B32]), CLIP_MODEL_NAME, device=device
+        )
+        sources["clip"] = str(files[weights.CLIP_VIT_B32])
     return CSLAPipeline(
         generator=_frozen(generator, device),
         encoder=_frozen(encoder, device) if encoder is not None else None,
         latent_avg=_latent_avg_rows(latent_avg, generator).to(device),
         device=device,
         sources=sources,
+        clip=clip,
     )

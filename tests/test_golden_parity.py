@@ -123,7 +123,7 @@ def e4e_checkpoint_file(tmp_path_factory, generator_state, encoder_state):
 
 def test_e4e_checkpoint_loads_through_load_pipeline(e4e_checkpoint_file, g_golden, e_golden):
     path, latent_avg = e4e_checkpoint_file
-    pipe = load_pipeline(e4e_path=path, device="cpu")
+    pipe = load_pipeline(e4e_path=path, device="cpu", with_clip=False)
     assert not pipe.random_weights and pipe.notice == ""
     assert pipe.sources == {"generator": str(path), "encoder": str(path)}
     torch.testing.assert_close(pipe.latent_avg, latent_avg)
@@ -138,7 +138,7 @@ def test_rosinality_checkpoint_loads_generator_only(tmp_path, generator_state, g
     path = tmp_path / "stylegan2-ffhq-config-f.pt"
     w_avg = torch.from_numpy(g_golden["truncation_latent"])[0]
     torch.save({"g_ema": generator_state, "latent_avg": w_avg}, path)
-    pipe = load_pipeline(stylegan2_path=path, with_encoder=False, device="cpu")
+    pipe = load_pipeline(stylegan2_path=path, with_encoder=False, with_clip=False, device="cpu")
     assert pipe.encoder is None
     assert pipe.latent_avg.shape == (18, 512)
     torch.testing.assert_close(pipe.latent_avg[5], w_avg)

@@ -17,13 +17,14 @@ def pipe():
 
 @pytest.fixture(scope="module")
 def small_pipe():
-    return load_pipeline(random_weights=True, device="cpu", size=64, seed=3)
+    return load_pipeline(random_weights=True, device="cpu", size=64, seed=3, with_clip=False)
 
 
 def test_random_weights_pipeline_is_full_size_and_says_so(pipe):
     assert pipe.random_weights and pipe.notice == RANDOM_WEIGHTS_NOTICE
     assert "RANDOM-WEIGHTS MODE" in pipe.notice and "download" in pipe.notice
-    assert pipe.sources == {"generator": "random", "encoder": "random"}
+    assert pipe.sources == {"generator": "random", "encoder": "random", "clip": "random"}
+    assert pipe.clip is not None and pipe.clip.embed_dim == 512
     assert pipe.generator.size == 1024 and pipe.n_latent == 18
     assert sum(pipe.generator.style_dims) == 9088
     assert pipe.latent_avg.shape == (18, 512)
@@ -89,9 +90,9 @@ def test_invert_aligned_adds_latent_avg_and_resizes(small_pipe):
 
 
 def test_random_weights_are_seeded():
-    a = load_pipeline(random_weights=True, device="cpu", size=32, seed=0)
-    b = load_pipeline(random_weights=True, device="cpu", size=32, seed=0)
-    c = load_pipeline(random_weights=True, device="cpu", size=32, seed=1)
+    a = load_pipeline(random_weights=True, device="cpu", size=32, seed=0, with_clip=False)
+    b = load_pipeline(random_weights=True, device="cpu", size=32, seed=0, with_clip=False)
+    c = load_pipeline(random_weights=True, device="cpu", size=32, seed=1, with_clip=False)
     torch.testing.assert_close(a.latent_avg, b.latent_avg)
     assert not torch.allclose(a.latent_avg, c.latent_avg)
 

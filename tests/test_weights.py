@@ -40,6 +40,9 @@ def test_offline_without_files_names_every_file_source_and_folder(isolated_weigh
     assert str(isolated_weights_env.resolve()) in message
     assert "CSLA_E4E" in message and "python -m csla_core download" in message
     assert "HF_HUB_OFFLINE" in message and "random-weights" in message
+    # CLIP is missing too: the same message names it, so one read fixes everything
+    assert "open_clip_vit_b32_openai.safetensors" in message
+    assert "timm/vit_base_patch32_clip_224.openai/blob/ab5b8ef490e86faa07d3523926b842c765de1de5" in message
 
 
 def test_command_line_without_weights_prints_message_not_traceback(isolated_weights_env, tmp_path):
@@ -121,7 +124,7 @@ def test_non_checkpoint_file_is_refused(tmp_path):
     with pytest.raises(WeightsError, match="not a readable PyTorch checkpoint"):
         weights.read_e4e_checkpoint(path)
     with pytest.raises(WeightsError, match="not a readable PyTorch checkpoint"):
-        load_pipeline(e4e_path=path, device="cpu")
+        load_pipeline(e4e_path=path, device="cpu", with_clip=False)
 
 
 class _RunsCode:
@@ -172,3 +175,31 @@ def test_weights_that_do_not_fit_are_named(tmp_path):
     other["extra.weight"] = torch.zeros(1)
     with pytest.raises(WeightsError, match=r"1 missing \(e.g. input.input\).*1 unexpected"):
         weights.load_state_strict(small, other, "StyleGAN2 generator")
+
+
+def test_clip_weights_file_in_open_clip_format_loads(isolated_weights_env):
+    import open_clip
+    from safetensors.torch import save_file
+
+    from csla_core.clip_space import ClipEmbedder
+
+    torch.manual_seed(0)
+    model = open_clip.create_model("ViT-B-32-quickgelu")  # random, no download
+    save_file(model.state_dict(), isolated_weights_env / weights.CLIP_VIT_B32.filename)
+    path = weights.resolve(weights.CLIP_VIT_B32, directory=isolated_weights_env)
+    clip = ClipEmbedder.from_pretrained(str(path), "ViT-B-32-quickgelu")
+    reference = ClipEmbedder(model, open_clip.get_tokenizer("ViT-B-32"))
+    prompts = ["a smiling face", "grey hair"]
+    torch.testing.assert_close(clip.encode_text(prompts), reference.encode_text(prompts))
+    images = torch.rand(1, 3, 256, 256, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    torch.testing.assert_close(clip.encode_images(images), reference.encode_images(images))
+
+
+def test_truncated_checkpoint_is_refused(tmp_path):
+    path = tmp_path / "stylegan2-ffhq-config-f.pt"
+    small = Generator(GeneratorConfig(size=32, style_dim=32, n_mlp=2, channel_multiplier=1))
+    torch.save({"g_ema": small.state_dict()}, path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(WeightsError, match="not a readable PyTorch checkpoint"):
+        weights.read_stylegan2_checkpoint(path)
