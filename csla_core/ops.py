@@ -112,3 +112,14 @@ class EqualLinear(nn.Module):
     def extra_repr(self) -> str:
         out_dim, in_dim = self.weight.shape
         return f"{in_dim} -> {out_dim}, lr_mul={self.lr_mul}, activation={self.activation}"
+
+
+def upsample2x_fir(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+    """``upfirdn2d(x, kernel, up=2, pad=(2, 1))`` for a 4x4 kernel, without materialising the
+    zero-inserted image: a depthwise stride-2 transposed convolution scatters each input pixel
+    through the kernel (a true convolution), and one pixel is cropped from each border."""
+    channels = x.shape[1]
+    if kernel.shape != (4, 4):
+        raise ValueError("upsample2x_fir expects a 4x4 kernel")
+    weight = kernel.to(dtype=x.dtype, device=x.device).expand(channels, 1, 4, 4)
+    return F.conv_transpose2d(x, weight, stride=2, groups=channels)[:, :, 1:-1, 1:-1]

@@ -18,7 +18,7 @@ from . import weights
 from .e4e import Encoder4Editing, EncoderConfig
 from .errors import CSLAError, WeightsError
 from .imaging import resize_batch
-from .stylegan2 import Generator, GeneratorConfig, NoiseInjection, NoiseMode
+from .stylegan2 import Generator, GeneratorConfig, Impl, NoiseInjection, NoiseMode
 
 if TYPE_CHECKING:  # faces pulls in facenet-pytorch; import it only when photos are used
     from PIL import Image
@@ -60,6 +60,9 @@ class CSLAPipeline:
     random_weights: bool = False
     sources: dict[str, str] = field(default_factory=dict)
     clip: ClipEmbedder | None = None
+    # "fast" (default) or "reference": the same maths; the reference path is the one tested
+    # against the golden data, the fast path is tested against it.
+    impl: Impl = "fast"
     face_detector: object | None = None  # created on first use of a photo
 
     # ------------------------------------------------------------------ info
@@ -100,7 +103,9 @@ class CSLAPipeline:
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         """W / W+ -> images [B, 3, R, R] in the generator's range (nominally [-1, 1])."""
-        return self.generator(wplus.to(self.device), noise_mode, max_resolution, generator)
+        return self.generator(
+            wplus.to(self.device), noise_mode, max_resolution, generator, self.impl
+        )
 
     @torch.inference_mode()
     def render_styles(
@@ -111,7 +116,7 @@ class CSLAPipeline:
     ) -> torch.Tensor:
         """StyleSpace -> images (for edits made in S)."""
         return self.generator.synthesize(
-            [s.to(self.device) for s in styles], noise_mode, max_resolution
+            [s.to(self.device) for s in styles], noise_mode, max_resolution, None, self.impl
         )
 
     # ------------------------------------------------------------------ photos

@@ -102,3 +102,16 @@ def test_tensor_to_pil_maps_generator_range_to_pixels():
     pictures = tensor_to_pil(images)
     assert len(pictures) == 2 and pictures[0].size == (4, 1)
     assert [pictures[0].getpixel((x, 0))[0] for x in range(4)] == [0, 128, 255, 255]
+
+
+@pytest.mark.parametrize("noise_mode", ["const", "random", "none"])
+def test_fast_path_matches_reference_path(small_pipe, noise_mode):
+    generator = small_pipe.generator
+    w = generator.mapping(torch.randn(3, 512, generator=torch.Generator().manual_seed(4)))
+    with torch.inference_mode():
+        for resolution in (None, 16):
+            ref = generator(w, noise_mode, resolution, torch.Generator().manual_seed(9), "reference")
+            fast = generator(w, noise_mode, resolution, torch.Generator().manual_seed(9), "fast")
+            assert fast.shape == ref.shape
+            assert float((fast - ref).norm() / ref.norm()) < 1e-5
+    assert small_pipe.impl == "fast"  # what users get by default
