@@ -59,28 +59,27 @@ def run_benchmarks(device: str = "cpu", repeats: int = 3, preview: int = 256) ->
 
     wplus = pipe.latent_avg[None].clone()
     image = torch.zeros(1, 3, 256, 256)
+    gen = pipe.generator
+
+    def add(stage: str, fn: Callable[[], object], baseline: float | None = None) -> float:
+        seconds = time_call(fn, repeats)
+        note = f"{baseline / seconds:.2f}x the reference path" if baseline else ""
+        timings.append(Timing(stage, seconds, repeats, note))
+        return seconds
+
     with torch.inference_mode():
-        timings.append(
-            Timing(
-                "generator render 1024 (reference path)",
-                time_call(lambda: pipe.render(wplus), repeats),
-                repeats,
-            )
+        ref_full = add("generator 1024, reference path", lambda: gen(wplus, impl="reference"))
+        add("generator 1024, fast path", lambda: gen(wplus, impl="fast"), ref_full)
+        ref_prev = add(
+            f"generator preview {preview}, reference path",
+            lambda: gen(wplus, max_resolution=preview, impl="reference"),
         )
-        timings.append(
-            Timing(
-                f"generator preview {preview} (reference path)",
-                time_call(lambda: pipe.render(wplus, max_resolution=preview), repeats),
-                repeats,
-            )
+        add(
+            f"generator preview {preview}, fast path",
+            lambda: gen(wplus, max_resolution=preview, impl="fast"),
+            ref_prev,
         )
-        timings.append(
-            Timing(
-                "encoder e4e 256 (reference path)",
-                time_call(lambda: pipe.invert_aligned(image), repeats),
-                repeats,
-            )
-        )
+        add("encoder e4e 256", lambda: pipe.invert_aligned(image))
     return {
         "machine": {
             "platform": platform.platform(),

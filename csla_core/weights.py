@@ -187,22 +187,32 @@ def download(spec: WeightSpec, *, force: bool = False, local_dir: Path | None = 
         raise WeightsError(f"{spec.filename} has no pinned download source; provide it by hand.")
     from huggingface_hub import hf_hub_download
 
-    try:
-        path = Path(
-            hf_hub_download(
-                spec.hub.repo_id,
-                spec.hub.filename,
-                revision=spec.hub.revision,
-                force_download=force,
-                local_dir=local_dir,
+    def fetch(force_download: bool) -> Path:
+        try:
+            return Path(
+                hf_hub_download(
+                    spec.hub.repo_id,
+                    spec.hub.filename,
+                    revision=spec.hub.revision,
+                    force_download=force_download,
+                    local_dir=local_dir,
+                )
             )
-        )
-    except Exception as exc:  # network, auth, offline mode: all mean "could not download"
-        raise WeightsError(
-            f"Could not download {spec.hub.filename} from {spec.hub.url}: "
-            f"{type(exc).__name__}: {exc}"
-        ) from exc
-    verify_file(path, spec)
+        except Exception as exc:  # network, auth, offline mode: all mean "could not download"
+            raise WeightsError(
+                f"Could not download {spec.hub.filename} from {spec.hub.url}: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+
+    path = fetch(force)
+    try:
+        verify_file(path, spec)
+    except WeightsError:
+        if force:
+            raise
+        # A bad copy in the cache (cut-off transfer, proxy page): fetch it once more from scratch.
+        path = fetch(True)
+        verify_file(path, spec)
     return path
 
 

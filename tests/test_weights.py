@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import REPO_ROOT
 
 from csla_core import WeightsError, load_pipeline, weights
 from csla_core.stylegan2 import Generator, GeneratorConfig
-from conftest import REPO_ROOT
 
 SMALL = weights.WeightSpec(
     key="small",
@@ -30,7 +30,9 @@ def small_spec_for(content: bytes) -> weights.WeightSpec:
     )
 
 
-def test_offline_without_files_names_every_file_source_and_folder(isolated_weights_env, monkeypatch):
+def test_offline_without_files_names_every_file_source_and_folder(
+    isolated_weights_env, monkeypatch
+):
     monkeypatch.chdir(isolated_weights_env.parent)
     with pytest.raises(WeightsError) as info:
         load_pipeline(device="cpu")
@@ -42,7 +44,10 @@ def test_offline_without_files_names_every_file_source_and_folder(isolated_weigh
     assert "HF_HUB_OFFLINE" in message and "random-weights" in message
     # CLIP is missing too: the same message names it, so one read fixes everything
     assert "open_clip_vit_b32_openai.safetensors" in message
-    assert "timm/vit_base_patch32_clip_224.openai/blob/ab5b8ef490e86faa07d3523926b842c765de1de5" in message
+    assert (
+        "timm/vit_base_patch32_clip_224.openai/blob/ab5b8ef490e86faa07d3523926b842c765de1de5"
+        in message
+    )
 
 
 def test_command_line_without_weights_prints_message_not_traceback(isolated_weights_env, tmp_path):
@@ -50,7 +55,11 @@ def test_command_line_without_weights_prints_message_not_traceback(isolated_weig
 
     photo = tmp_path / "photo.png"
     Image.new("RGB", (64, 64), "white").save(photo)
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "CSLA_CHECKPOINT_DIR": str(isolated_weights_env)}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO_ROOT),
+        "CSLA_CHECKPOINT_DIR": str(isolated_weights_env),
+    }
     result = subprocess.run(
         [sys.executable, "-m", "csla_core", "invert", str(photo)],
         capture_output=True,
@@ -85,7 +94,9 @@ def test_verified_file_in_checkpoint_folder_is_used(isolated_weights_env):
     content = b"pretend weights"
     spec = small_spec_for(content)
     (isolated_weights_env / spec.filename).write_bytes(content)
-    assert weights.resolve(spec, directory=isolated_weights_env) == isolated_weights_env / "small.pt"
+    assert (
+        weights.resolve(spec, directory=isolated_weights_env) == isolated_weights_env / "small.pt"
+    )
     (isolated_weights_env / spec.filename).write_bytes(b"pretend weightz")  # same size, other bytes
     with pytest.raises(WeightsError, match="failed its checksum"):
         weights.resolve(spec, directory=isolated_weights_env)
@@ -114,7 +125,9 @@ def test_explicit_path_and_environment_variable(isolated_weights_env, tmp_path, 
 
 
 def test_download_when_offline_is_a_clear_error(isolated_weights_env):
-    with pytest.raises(WeightsError, match="Could not download small.pt from https://huggingface.co/org/small"):
+    with pytest.raises(
+        WeightsError, match="Could not download small.pt from https://huggingface.co/org/small"
+    ):
         weights.download(SMALL)
 
 
@@ -154,12 +167,17 @@ def test_torch_file_of_another_kind_is_named_as_such(tmp_path):
     with pytest.raises(WeightsError, match="not a rosinality StyleGAN2 checkpoint"):
         weights.read_stylegan2_checkpoint(path)
     torch.save({"state_dict": {"encoder.x": torch.zeros(1)}}, path)
-    with pytest.raises(WeightsError, match="needs encoder.. and decoder.. weights and a latent_avg"):
+    with pytest.raises(
+        WeightsError, match="needs encoder.. and decoder.. weights and a latent_avg"
+    ):
         weights.read_e4e_checkpoint(path)
 
 
 def test_generator_config_is_read_from_the_state_dict():
-    for config in (GeneratorConfig(size=64, style_dim=32, n_mlp=3, channel_multiplier=1), GeneratorConfig()):
+    for config in (
+        GeneratorConfig(size=64, style_dim=32, n_mlp=3, channel_multiplier=1),
+        GeneratorConfig(),
+    ):
         state = Generator(config).state_dict()
         inferred = weights.generator_config_from_state(state)
         assert inferred == {k: v for k, v in config.to_dict().items() if k != "lr_mlp"}
@@ -167,7 +185,9 @@ def test_generator_config_is_read_from_the_state_dict():
 
 def test_weights_that_do_not_fit_are_named(tmp_path):
     small = Generator(GeneratorConfig(size=32, style_dim=32, n_mlp=2, channel_multiplier=1))
-    other = Generator(GeneratorConfig(size=32, style_dim=64, n_mlp=2, channel_multiplier=1)).state_dict()
+    other = Generator(
+        GeneratorConfig(size=32, style_dim=64, n_mlp=2, channel_multiplier=1)
+    ).state_dict()
     with pytest.raises(WeightsError, match="other shapes") as info:
         weights.load_state_strict(small, other, "StyleGAN2 generator")
     assert "StyleGAN2 generator" in str(info.value)
@@ -203,3 +223,30 @@ def test_truncated_checkpoint_is_refused(tmp_path):
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(WeightsError, match="not a readable PyTorch checkpoint"):
         weights.read_stylegan2_checkpoint(path)
+
+
+def test_download_that_arrives_incomplete_is_rejected_not_kept(
+    isolated_weights_env, monkeypatch, tmp_path
+):
+    """A short file from the hub (interrupted transfer, proxy error page) never passes as weights."""
+    import huggingface_hub
+
+    content = b"complete weights"
+    spec = small_spec_for(content)
+    served = tmp_path / "served.pt"
+    calls = []
+
+    def fake_download(repo_id, filename, revision=None, force_download=False, local_dir=None):
+        calls.append(force_download)
+        served.write_bytes(content if force_download else content[:5])
+        return str(served)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    # the first copy is short: it is fetched again from scratch, and the good copy is used
+    assert weights.download(spec) == served
+    assert calls == [False, True] and served.read_bytes() == content
+    # a source that keeps serving a short file is reported, not accepted
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda *a, **k: str(served))
+    served.write_bytes(content[:5])
+    with pytest.raises(WeightsError, match="has 5 bytes, expected 16"):
+        weights.download(spec)
