@@ -86,7 +86,10 @@ def invert_command(argv: list[str] | None = None) -> int:
     from .pipeline import load_pipeline
 
     pipe = load_pipeline(
-        device=args.device, random_weights=args.random_weights, checkpoint_dir=args.checkpoint_dir
+        device=args.device,
+        random_weights=args.random_weights,
+        checkpoint_dir=args.checkpoint_dir,
+        with_clip=False,  # inversion needs no CLIP
     )
     if pipe.notice:
         print(pipe.notice)

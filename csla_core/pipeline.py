@@ -17,7 +17,7 @@ import torch
 from . import weights
 from .e4e import Encoder4Editing, EncoderConfig
 from .errors import CSLAError, WeightsError
-from .imaging import resize_batch
+from .imaging import resize_batch, tensor_to_pil
 from .stylegan2 import Generator, GeneratorConfig, Impl, NoiseInjection, NoiseMode
 
 if TYPE_CHECKING:  # faces pulls in facenet-pytorch; import it only when photos are used
@@ -122,9 +122,9 @@ class CSLAPipeline:
     # ------------------------------------------------------------------ photos
     def _detector(self):
         if self.face_detector is None:
-            from .faces import FaceDetector
+            from .faces import get_default_detector
 
-            self.face_detector = FaceDetector(device=self.device)
+            self.face_detector = get_default_detector(self.device)
         return self.face_detector
 
     def detect_faces(self, photo) -> list[Face]:
@@ -134,17 +134,31 @@ class CSLAPipeline:
         return self._detector().detect(load_image(photo))
 
     def invert(self, photo, face_index: int = 0) -> Inversion:
-        """Photo -> faces -> FFHQ-aligned crop -> e4e -> W+ (with the crop and its transform)."""
+        """Photo -> faces -> FFHQ-aligned crop -> e4e -> W+ (with the crop and its transform).
+
+        ``photo``: path, bytes, file object, PIL image or uint8 array; any mode, EXIF-rotated.
+        """
         from .faces import align_face, crop_to_tensor, load_image, select_face
 
         image = load_image(photo)
-        faces = self._detector().detect(image)
-        face = select_face(faces, face_index)
+        detector = self._detector()
+        faces = detector.detect(image)
+        # Landmarks re-detected on an upright crop: tilted heads align as well as upright ones.
+        face = detector.refine(image, select_face(faces, face_index))
         aligned = align_face(image, face, output_size=self.generator.size)
         wplus = self.invert_aligned(crop_to_tensor(aligned.image, ENCODER_INPUT_SIZE)).cpu()
         return Inversion(
             wplus=wplus, aligned=aligned, faces=faces, face_index=face_index, photo=image
         )
+
+    def paste(self, inversion: Inversion, face: Image.Image | torch.Tensor) -> Image.Image:
+        """An edited face (PIL, or a [1, 3, H, W] tensor in [-1, 1]) blended back into the
+        original photo at its full resolution."""
+        from .faces import paste_back
+
+        if isinstance(face, torch.Tensor):
+            face = tensor_to_pil(face[:1])[0]
+        return paste_back(inversion.photo, face, inversion.aligned)
 
 
 # ---------------------------------------------------------------------- construction

@@ -48,7 +48,9 @@ def test_render_full_size_and_preview(pipe):
 
 
 def test_w_and_wplus_and_stylespace_render_the_same(small_pipe):
-    w = small_pipe.generator.mapping(torch.randn(2, 512, generator=torch.Generator().manual_seed(1)))
+    w = small_pipe.generator.mapping(
+        torch.randn(2, 512, generator=torch.Generator().manual_seed(1))
+    )
     from_w = small_pipe.render(w)
     from_wplus = small_pipe.render(w[:, None].expand(-1, small_pipe.n_latent, -1))
     from_s = small_pipe.render_styles(small_pipe.styles(w))
@@ -70,7 +72,10 @@ def test_editing_one_stylespace_channel_changes_the_image(small_pipe):
 
 def test_noise_modes(small_pipe):
     wplus = small_pipe.latent_avg[None]
-    seeded = [small_pipe.render(wplus, "random", generator=torch.Generator().manual_seed(s)) for s in (1, 1, 2)]
+    seeded = [
+        small_pipe.render(wplus, "random", generator=torch.Generator().manual_seed(s))
+        for s in (1, 1, 2)
+    ]
     assert torch.equal(seeded[0], seeded[1]) and not torch.equal(seeded[0], seeded[2])
     assert not torch.equal(small_pipe.render(wplus, "none"), small_pipe.render(wplus, "const"))
     with pytest.raises(ValueError, match="noise_mode"):
@@ -110,8 +115,65 @@ def test_fast_path_matches_reference_path(small_pipe, noise_mode):
     w = generator.mapping(torch.randn(3, 512, generator=torch.Generator().manual_seed(4)))
     with torch.inference_mode():
         for resolution in (None, 16):
-            ref = generator(w, noise_mode, resolution, torch.Generator().manual_seed(9), "reference")
+            ref = generator(
+                w, noise_mode, resolution, torch.Generator().manual_seed(9), "reference"
+            )
             fast = generator(w, noise_mode, resolution, torch.Generator().manual_seed(9), "fast")
             assert fast.shape == ref.shape
             assert float((fast - ref).norm() / ref.norm()) < 1e-5
     assert small_pipe.impl == "fast"  # what users get by default
+
+
+def test_invert_a_real_photo_and_paste_back(small_pipe):
+    import numpy as np
+    from PIL import Image
+    from skimage import data
+
+    photo = Image.fromarray(data.astronaut())  # public domain, one face
+    inversion = small_pipe.invert(photo)
+    assert len(inversion.faces) == 1 and inversion.face_index == 0
+    assert inversion.wplus.shape == (1, small_pipe.n_latent, 512)
+    assert inversion.aligned.image.size == (small_pipe.generator.size,) * 2
+    # the unedited crop pasted back gives the photo back (the crop is resampled twice)
+    pasted = np.asarray(small_pipe.paste(inversion, inversion.aligned.image), dtype=np.float64)
+    mse = np.mean((pasted - np.asarray(photo, dtype=np.float64)) ** 2)
+    assert 10 * np.log10(255**2 / mse) > 30
+    # a rendered face (a tensor) pastes back at the photo's own size
+    face = small_pipe.render(inversion.wplus)
+    assert small_pipe.paste(inversion, face).size == photo.size
+
+
+def test_command_line_invert_in_random_weights_mode(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import REPO_ROOT
+    from PIL import Image
+    from skimage import data
+
+    photo = tmp_path / "astronaut.png"
+    Image.fromarray(data.astronaut()).save(photo)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "csla_core",
+            "invert",
+            str(photo),
+            "-o",
+            str(tmp_path / "me"),
+            "--random-weights",
+            "--device",
+            "cpu",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "RANDOM-WEIGHTS MODE" in result.stdout and "1 face(s) found" in result.stdout
+    code = torch.load(tmp_path / "me.pt", weights_only=True)["wplus"]
+    assert code.shape == (1, 18, 512)
+    assert Image.open(tmp_path / "me_reconstruction.png").size == (1024, 1024)
+    assert Image.open(tmp_path / "me_crop.png").size == (1024, 1024)
