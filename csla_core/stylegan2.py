@@ -28,6 +28,7 @@ from .ops import (
     EqualLinear,
     PixelNorm,
     biased_leaky_relu,
+    fir_filter_same,
     make_fir_kernel,
     upfirdn2d,
     upsample2x_fir,
@@ -200,7 +201,7 @@ class StyledConv(nn.Module):
         weight = conv.modulated_weight(s)[0]
         if conv.upsample:
             out = F.conv_transpose2d(x, _channels_last(weight.transpose(0, 1)), stride=2)
-            out = upfirdn2d(out, conv.blur.kernel, pad=conv.blur.pad)
+            out = fir_filter_same(out, conv.blur.kernel, conv.blur.pad)
         else:
             out = F.conv2d(x, _channels_last(weight), padding=conv.padding)
         if noise is not None:
