@@ -49,7 +49,23 @@ def peak_rss_gb() -> float:
     return peak / (1024**3 if sys.platform == "darwin" else 1024**2)
 
 
+def _photo(megapixels: float):
+    """A real photo of about ``megapixels`` MP: scikit-image's public-domain astronaut, scaled
+    so the face keeps a typical portrait proportion, on a wider canvas (4:3)."""
+    from PIL import Image
+    from skimage import data
+
+    height = int((megapixels * 1e6 * 3 / 4) ** 0.5)
+    width = height * 4 // 3
+    face = Image.fromarray(data.astronaut()).resize((height, height), Image.Resampling.BICUBIC)
+    canvas = Image.new("RGB", (width, height), (90, 90, 100))
+    canvas.paste(face, ((width - height) // 2, 0))
+    return canvas
+
+
 def run_benchmarks(device: str = "cpu", repeats: int = 3, preview: int = 256) -> dict:
+    from .faces import benchmark_detect_align
+    from .imaging import tensor_to_pil
     from .pipeline import load_pipeline
 
     start = time.perf_counter()
@@ -61,9 +77,12 @@ def run_benchmarks(device: str = "cpu", repeats: int = 3, preview: int = 256) ->
     image = torch.zeros(1, 3, 256, 256)
     gen = pipe.generator
 
-    def add(stage: str, fn: Callable[[], object], baseline: float | None = None) -> float:
+    def add(
+        stage: str, fn: Callable[[], object], baseline: float | None = None, note: str = ""
+    ) -> float:
         seconds = time_call(fn, repeats)
-        note = f"{baseline / seconds:.2f}x the reference path" if baseline else ""
+        if baseline:
+            note = f"{baseline / seconds:.2f}x the reference path" + (f"; {note}" if note else "")
         timings.append(Timing(stage, seconds, repeats, note))
         return seconds
 
@@ -80,6 +99,59 @@ def run_benchmarks(device: str = "cpu", repeats: int = 3, preview: int = 256) ->
             ref_prev,
         )
         add("encoder e4e 256", lambda: pipe.invert_aligned(image))
+        prompts = iter(f"a smiling face {i}" for i in range(10_000))  # defeat the text cache
+        add("CLIP text encoding (prompt templates)", lambda: pipe.clip.encode_text([next(prompts)]))
+
+    for megapixels in (12, 1):
+        photo = _photo(megapixels)
+        figures = benchmark_detect_align(photo, repeats)
+        timings.append(
+            Timing(
+                f"face detection + alignment, {megapixels} MP photo",
+                figures["detect_align_s"],
+                repeats,
+                f"{photo.size[0]}x{photo.size[1]}; paste-back {figures['paste_back_s']:.3f}s",
+            )
+        )
+
+    photo = _photo(1)
+    session: dict = {}
+
+    def upload_to_first_edit() -> None:
+        inversion = pipe.invert(photo)
+        session["inversion"] = inversion
+        session["embedding"] = pipe.image_embedding(inversion.wplus)
+        result = pipe.edit(
+            inversion.wplus, "smiling", n_samples=1, image_embedding=session["embedding"]
+        )
+        pipe.paste(inversion, tensor_to_pil(pipe.render_edit(result))[0])
+
+    def slider_move(strength: list[float] = [0.5]) -> None:  # noqa: B006 - a counter
+        strength[0] = -strength[0]  # a new strength each time
+        inversion = session["inversion"]
+        result = pipe.edit(
+            inversion.wplus,
+            "smiling",
+            strength=strength[0],
+            n_samples=1,
+            image_embedding=session["embedding"],
+        )
+        pipe.render_edit(result)
+
+    def four_edits() -> None:
+        inversion = session["inversion"]
+        result = pipe.edit(
+            inversion.wplus, "smiling", n_samples=4, image_embedding=session["embedding"]
+        )
+        pipe.render_edit(result)
+
+    add(
+        "photo upload -> first edited 1024 image",
+        upload_to_first_edit,
+        note="1 MP photo, pasted back",
+    )
+    add("slider move (re-render one 1024 edit)", slider_move)
+    add("4 diverse edits at 1024", four_edits)
     return {
         "machine": {
             "platform": platform.platform(),
@@ -98,7 +170,7 @@ def format_report(report: dict) -> str:
     lines = [
         f"CSLA bench: {machine['platform']}, torch {machine['torch']}, "
         f"{machine['threads']} threads, device {machine['device']} (random weights, real sizes)",
-        f"{'stage':<48} {'median':>10}  runs",
+        f"{'stage':<48} {'median':>10}  runs  note",
     ]
     for t in report["timings"]:
         lines.append(f"{t['stage']:<48} {t['median_s']:>9.3f}s  {t['runs']:>4}  {t['note']}")

@@ -93,7 +93,7 @@ def load_image(source: ImageSource, *, max_pixels: int = MAX_PIXELS) -> Image.Im
             raise InputImageError(f"Not a file: {path}. Give the path of a photo.")
         try:
             with path.open("rb") as fp:
-                return _open_and_decode(fp, str(path), max_pixels)
+                return _open_and_decode(fp, f"the file {path}", max_pixels)
         except OSError as exc:  # permission denied, I/O error while opening
             raise InputImageError(f"Cannot read {path}: {exc.strerror or exc}") from exc
     if hasattr(source, "read"):

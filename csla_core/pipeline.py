@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
@@ -24,7 +25,9 @@ if TYPE_CHECKING:  # faces pulls in facenet-pytorch; import it only when photos 
     from PIL import Image
 
     from .clip_space import ClipEmbedder
+    from .editing import TextEditor
     from .faces import AlignedFace, Face
+    from .mappers import CSLAMappers
 
 RANDOM_WEIGHTS_NOTICE = (
     "RANDOM-WEIGHTS MODE: the models are untrained (development / tests / benchmarks); "
@@ -52,6 +55,21 @@ class Inversion:
 
 
 @dataclass
+class EditOutput:
+    """Edited codes for one input (or generated codes for a prompt), on CPU."""
+
+    wplus: torch.Tensor  # [n, n_latent, 512]
+    styles: list[torch.Tensor] | None  # StyleSpace [n, C_i] x 26 when the edit is made in S
+    method: str  # "CSLA mappers" or "optimisation baseline (slower)"
+    notices: list[str] = field(default_factory=list)  # things the user should be told
+    clip_scores: torch.Tensor | None = None  # [n] CLIP similarity to the target, when ranked
+
+
+MAPPERS_METHOD = "CSLA mappers"
+BASELINE_METHOD = "optimisation baseline (no trained mappers: slower)"
+
+
+@dataclass
 class CSLAPipeline:
     generator: Generator
     encoder: Encoder4Editing | None
@@ -60,16 +78,28 @@ class CSLAPipeline:
     random_weights: bool = False
     sources: dict[str, str] = field(default_factory=dict)
     clip: ClipEmbedder | None = None
-    # "fast" (default) or "reference": the same maths; the reference path is the one tested
-    # against the golden data, the fast path is tested against it.
-    impl: Impl = "fast"
+    mappers: CSLAMappers | None = None  # None: edits fall back to the optimisation baseline
+    baseline_steps: int = 40  # optimisation steps of the fallback editor (StyleCLIP uses ~300)
     face_detector: object | None = None  # created on first use of a photo
+    _editor: TextEditor | None = field(default=None, repr=False)
 
     # ------------------------------------------------------------------ info
     @property
     def notice(self) -> str:
         """Text every front end shows beside outputs ("" for real weights)."""
         return RANDOM_WEIGHTS_NOTICE if self.random_weights else ""
+
+    @property
+    def impl(self) -> Impl:
+        """Synthesis code used by every render: "fast" (default) or "reference" (the same maths;
+        the reference path is tested against the golden data, the fast path against it)."""
+        return self.generator.default_impl
+
+    @impl.setter
+    def impl(self, value: Impl) -> None:
+        if value not in ("fast", "reference"):
+            raise ValueError(f"impl must be 'fast' or 'reference', got {value!r}")
+        self.generator.default_impl = value
 
     @property
     def n_latent(self) -> int:
@@ -103,9 +133,7 @@ class CSLAPipeline:
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         """W / W+ -> images [B, 3, R, R] in the generator's range (nominally [-1, 1])."""
-        return self.generator(
-            wplus.to(self.device), noise_mode, max_resolution, generator, self.impl
-        )
+        return self.generator(wplus.to(self.device), noise_mode, max_resolution, generator)
 
     @torch.inference_mode()
     def render_styles(
@@ -116,8 +144,129 @@ class CSLAPipeline:
     ) -> torch.Tensor:
         """StyleSpace -> images (for edits made in S)."""
         return self.generator.synthesize(
-            [s.to(self.device) for s in styles], noise_mode, max_resolution, None, self.impl
+            [s.to(self.device) for s in styles], noise_mode, max_resolution, None
         )
+
+    # ------------------------------------------------------------------ text
+    def _require_clip(self) -> ClipEmbedder:
+        if self.clip is None:
+            raise CSLAError(
+                "This pipeline was loaded without CLIP (with_clip=False); text edits need it."
+            )
+        return self.clip
+
+    def editor(self) -> TextEditor:
+        """The CSLA editor (mappers + CLIP + generator), built on first use."""
+        from .editing import TextEditor
+
+        if self.mappers is None:
+            raise CSLAError("No trained CSLA mappers are loaded.")
+        if self._editor is None:
+            self._editor = TextEditor(
+                self.generator, self._require_clip(), self.mappers, self.latent_avg
+            )
+        return self._editor
+
+    @torch.inference_mode()
+    def image_embedding(self, wplus: torch.Tensor) -> torch.Tensor:
+        """CLIP embedding [1, D] of a code's render (the anchor of every edit; cache it)."""
+        clip = self._require_clip()
+        image = self.render(wplus[:1], max_resolution=min(256, self.generator.size))
+        return clip.encode_images(image).cpu()
+
+    def edit(
+        self,
+        wplus: torch.Tensor,
+        target_prompt: str,
+        *,
+        source_prompt: str | None = None,
+        strength: float = 1.0,
+        n_samples: int = 4,
+        diversity: float = 0.5,
+        seed: int = 0,
+        image_embedding: torch.Tensor | None = None,
+        rank: bool = False,
+    ) -> EditOutput:
+        """``n_samples`` different edits of one code [1, n_latent, 512] towards the prompt.
+
+        Strength 0 returns the input unchanged; a negative strength reverses the edit.
+        Pass ``image_embedding`` (from ``image_embedding(wplus)``) to skip re-rendering the
+        input on every slider move. ``rank=True`` draws twice as many candidates and keeps the
+        ones CLIP scores highest (slower; and the kept set may change with the strength, so the
+        default keeps sample k the same direction at every strength, which sliders need).
+        """
+        clip = self._require_clip()
+        notices = []
+        if self.mappers is None:
+            return self._baseline_edit(wplus, target_prompt, source_prompt, strength, seed)
+        with torch.inference_mode():
+            result = self.editor().edit(
+                wplus.to(self.device),
+                target_prompt,
+                source_prompt=source_prompt,
+                strength=strength,
+                n_samples=n_samples,
+                diversity=diversity,
+                seed=seed,
+                image_embedding=image_embedding.to(self.device)
+                if image_embedding is not None
+                else None,
+                rank=rank,
+            )
+        if result.truncated:
+            notices.append(f"The prompt was cut to CLIP's {clip.context_length} tokens.")
+        return EditOutput(
+            wplus=result.wplus.cpu(),
+            styles=[st.cpu() for st in result.styles],
+            method=MAPPERS_METHOD,
+            notices=notices,
+            clip_scores=None if result.clip_scores is None else result.clip_scores.cpu(),
+        )
+
+    def _baseline_edit(self, wplus, target_prompt, source_prompt, strength, seed) -> EditOutput:
+        from .baselines import LatentOptimiser, OptimisationConfig
+
+        clip = self._require_clip()
+        optimiser = LatentOptimiser(
+            self.generator, clip, OptimisationConfig(steps=self.baseline_steps)
+        )
+        result = optimiser.edit(wplus.to(self.device), target_prompt, source_prompt, strength, seed)
+        notices = [
+            f"No trained CSLA mappers found: this edit used {self.baseline_steps} steps of CLIP-guided "
+            "optimisation (slower, one result). See the README to train or download mappers."
+        ]
+        if result.truncated:
+            notices.append(f"The prompt was cut to CLIP's {clip.context_length} tokens.")
+        return EditOutput(
+            wplus=result.wplus.detach().cpu(),
+            styles=None,
+            method=BASELINE_METHOD,
+            notices=notices,
+        )
+
+    @torch.inference_mode()
+    def render_edit(self, edit: EditOutput, max_resolution: int | None = None) -> torch.Tensor:
+        """Images [n, 3, R, R] of an edit (from its StyleSpace codes when it has them)."""
+        if edit.styles is not None:
+            return self.render_styles(edit.styles, max_resolution=max_resolution)
+        return self.render(edit.wplus, max_resolution=max_resolution)
+
+    def generate(
+        self, prompt: str, n: int = 4, seed: int = 0, diversity: float = 0.5
+    ) -> EditOutput:
+        """Text-to-image: ``n`` W+ codes for a prompt (render them with ``render_edit``)."""
+        clip = self._require_clip()
+        with torch.inference_mode():
+            wplus = self.editor().generate(prompt, n=n, seed=seed, diversity=diversity)
+        notices = []
+        if clip.encode_text_with_info([prompt]).any_truncated:
+            notices.append(f"The prompt was cut to CLIP's {clip.context_length} tokens.")
+        return EditOutput(wplus=wplus.cpu(), styles=None, method=MAPPERS_METHOD, notices=notices)
+
+    def invert_clip(self, image: torch.Tensor) -> torch.Tensor:
+        """The paper's CLIP-based (coarse) inversion: [B, 3, H, W] in [-1, 1] -> W+ (CPU)."""
+        with torch.inference_mode():
+            return self.editor().invert_clip(image.to(self.device)).cpu()
 
     # ------------------------------------------------------------------ photos
     def _detector(self):
@@ -171,6 +320,8 @@ def _seeded_build(seed: int, build):
 
 def _frozen(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     module.eval().requires_grad_(False)
+    if isinstance(module, Generator):
+        module.default_impl = "fast"
     return module.to(device)
 
 
@@ -218,6 +369,40 @@ def _random_clip(seed: int, device: torch.device):
     return ClipEmbedder(model, open_clip.get_tokenizer(CLIP_TOKENIZER_NAME)).to(device)
 
 
+def _random_mappers(seed: int, generator: Generator, clip, latent_avg: torch.Tensor):
+    from .mappers import CSLAMappers, mapper_config_for
+
+    config = mapper_config_for(generator, clip.embed_dim, meta={"weights": "random"})
+    mappers = _seeded_build(seed + 4, lambda: CSLAMappers(config))
+    mappers.latent_avg.copy_(latent_avg)
+    return mappers.eval().requires_grad_(False)
+
+
+def find_mappers(
+    path: str | os.PathLike | None, directory: Path, repo: str | None, allow_download: bool
+) -> Path | None:
+    """Trained mappers: explicit path / CSLA_MAPPERS / checkpoint folder, else a hub repo given
+    by ``repo`` or ``CSLA_MAPPERS_REPO`` (no official mappers exist: the repo is the user's
+    choice, so it is not pinned). None when there are none: edits then use the baseline."""
+    local = weights.find_local(weights.CSLA_MAPPERS, path=path, directory=directory)
+    if local is not None:
+        return local.path
+    repo = repo or os.environ.get("CSLA_MAPPERS_REPO")
+    if not repo:
+        return None
+    if not allow_download or weights.hub_offline():
+        raise WeightsError(
+            f"CSLA mappers from {repo} were asked for, but downloads are off; put "
+            f"{weights.CSLA_MAPPERS.filename} in {directory.resolve()}/ instead."
+        )
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return Path(hf_hub_download(repo, weights.CSLA_MAPPERS.filename))
+    except Exception as exc:  # any hub failure means the same thing to the user
+        raise WeightsError(f"Could not download CSLA mappers from {repo}: {exc}") from exc
+
+
 def load_pipeline(
     *,
     device: str | torch.device | None = None,
@@ -226,6 +411,8 @@ def load_pipeline(
     e4e_path: str | os.PathLike | None = None,
     stylegan2_path: str | os.PathLike | None = None,
     clip_path: str | os.PathLike | None = None,
+    mappers_path: str | os.PathLike | None = None,
+    mappers_repo: str | None = None,
     with_encoder: bool = True,
     with_clip: bool = True,
     allow_download: bool = True,
@@ -238,7 +425,8 @@ def load_pipeline(
       read or downloaded. Every front end shows ``pipeline.notice``.
     - otherwise: e4e's ``e4e_ffhq_encode.pt`` gives encoder, generator and latent_avg in one
       file; ``stylegan2_path`` (rosinality ``{'g_ema', 'latent_avg'}``) replaces the generator,
-      and with ``with_encoder=False`` it is all that is needed (generator-only use). CLIP is
+      and with ``with_encoder=False`` it is all that is read (generator-only use; without it,
+      ``with_encoder=False`` takes the generator from the e4e file and skips the encoder). CLIP is
       open_clip's ``ViT-B-32-quickgelu`` with OpenAI's weights (``with_clip=False`` skips it:
       inversion and rendering need no CLIP).
     Files are found as described in ``csla_core.weights`` (argument, env var, checkpoint folder,
@@ -248,10 +436,11 @@ def load_pipeline(
     if random_weights:
         generator, encoder, latent_avg = _random_models(seed, size)
         sources = {"generator": "random", "encoder": "random"}
-        clip = None
+        clip = mappers = None
         if with_clip:
             clip = _random_clip(seed, device)
-            sources["clip"] = "random"
+            mappers = _random_mappers(seed, generator, clip, latent_avg).to(device)
+            sources.update(clip="random", mappers="random")
         return CSLAPipeline(
             generator=_frozen(generator, device),
             encoder=_frozen(encoder, device),
@@ -260,18 +449,18 @@ def load_pipeline(
             random_weights=True,
             sources=sources,
             clip=clip,
+            mappers=mappers,
         )
 
     folder = weights.checkpoint_dir(checkpoint_dir)
     wanted: dict[weights.WeightSpec, str | os.PathLike | None] = {}
-    if with_encoder:
-        wanted[weights.E4E_FFHQ] = e4e_path
-    if (
-        stylegan2_path is not None
-        or os.environ.get(weights.STYLEGAN2_FFHQ.env_var)
-        or not with_encoder
-    ):
+    stylegan2_asked = stylegan2_path is not None or bool(
+        os.environ.get(weights.STYLEGAN2_FFHQ.env_var)
+    )
+    if stylegan2_asked:
         wanted[weights.STYLEGAN2_FFHQ] = stylegan2_path
+    if with_encoder or not stylegan2_asked:  # the e4e file also carries the generator
+        wanted[weights.E4E_FFHQ] = e4e_path
     if with_clip:
         wanted[weights.CLIP_VIT_B32] = clip_path
     files = weights.resolve_many(wanted, directory=folder, allow_download=allow_download)
@@ -289,12 +478,13 @@ def load_pipeline(
         if generator is None:
             generator = _generator_from_state(ckpt.generator_state)
             sources["generator"] = str(e4e_file)
-        e4e_size = weights.generator_config_from_state(ckpt.generator_state)["size"]
-        encoder = Encoder4Editing(EncoderConfig(stylegan_size=e4e_size))
-        weights.load_state_strict(encoder, ckpt.encoder_state, "e4e encoder")
+        if with_encoder:
+            e4e_size = weights.generator_config_from_state(ckpt.generator_state)["size"]
+            encoder = Encoder4Editing(EncoderConfig(stylegan_size=e4e_size))
+            weights.load_state_strict(encoder, ckpt.encoder_state, "e4e encoder")
+            sources["encoder"] = str(e4e_file)
         # e4e's latent_avg is the one its encoder was trained against: it wins.
         latent_avg = ckpt.latent_avg
-        sources["encoder"] = str(e4e_file)
         del ckpt
     assert generator is not None
     if encoder is not None and encoder.n_styles != generator.n_latent:
@@ -310,6 +500,15 @@ def load_pipeline(
             str(files[weights.CLIP_VIT_B32]), CLIP_MODEL_NAME, device=device
         )
         sources["clip"] = str(files[weights.CLIP_VIT_B32])
+    mappers = None
+    mappers_file = (
+        find_mappers(mappers_path, folder, mappers_repo, allow_download) if with_clip else None
+    )
+    if mappers_file is not None:
+        from .mappers import CSLAMappers
+
+        mappers = CSLAMappers.load(mappers_file, device=device)
+        sources["mappers"] = str(mappers_file)
     return CSLAPipeline(
         generator=_frozen(generator, device),
         encoder=_frozen(encoder, device) if encoder is not None else None,
@@ -317,4 +516,5 @@ def load_pipeline(
         device=device,
         sources=sources,
         clip=clip,
+        mappers=mappers,
     )

@@ -10,11 +10,11 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from golden_recipe import load_arrays, load_manifest, recipe_state_dict, relative_error
 
 from csla_core import load_pipeline
 from csla_core.e4e import Encoder4Editing
 from csla_core.stylegan2 import Generator, GeneratorConfig
-from golden_recipe import load_arrays, load_manifest, recipe_state_dict, relative_error
 
 TOL = 1e-4
 pytestmark = pytest.mark.slow

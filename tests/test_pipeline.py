@@ -23,7 +23,7 @@ def small_pipe():
 def test_random_weights_pipeline_is_full_size_and_says_so(pipe):
     assert pipe.random_weights and pipe.notice == RANDOM_WEIGHTS_NOTICE
     assert "RANDOM-WEIGHTS MODE" in pipe.notice and "download" in pipe.notice
-    assert pipe.sources == {"generator": "random", "encoder": "random", "clip": "random"}
+    assert pipe.sources == {"generator": "random", "encoder": "random", "clip": "random", "mappers": "random"}
     assert pipe.clip is not None and pipe.clip.embed_dim == 512
     assert pipe.generator.size == 1024 and pipe.n_latent == 18
     assert sum(pipe.generator.style_dims) == 9088
@@ -177,3 +177,16 @@ def test_command_line_invert_in_random_weights_mode(tmp_path):
     assert code.shape == (1, 18, 512)
     assert Image.open(tmp_path / "me_reconstruction.png").size == (1024, 1024)
     assert Image.open(tmp_path / "me_crop.png").size == (1024, 1024)
+
+
+def test_fast_path_supports_gradients(small_pipe):
+    """The optimisation baseline and training differentiate through the generator."""
+    generator = small_pipe.generator
+    w = small_pipe.latent_avg[None].clone().requires_grad_(True)
+    grads = []
+    for impl in ("reference", "fast"):
+        w.grad = None
+        generator(w, impl=impl).square().mean().backward()
+        grads.append(w.grad.clone())
+    assert grads[0].abs().sum() > 0
+    assert float((grads[1] - grads[0]).norm() / grads[0].norm()) < 1e-4

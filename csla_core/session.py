@@ -1,0 +1,604 @@
+"""The editing session behind the portrait editor: everything the UI does except drawing itself.
+
+A front end (``app.py`` builds the Gradio one) holds one :class:`EditingService` around the loaded
+pipeline and, per browser tab / API client, one :class:`SessionCache` that it passes to every call:
+
+    service = EditingService(pipe, max_resolution=256)
+    cache = session_cache(None)                        # a new session
+    for step in service.analysis_steps(cache, "photo.jpg", 0):
+        ...                                            # crop + reconstruction (preview, then full)
+    for step in service.edit_steps(cache, "photo.jpg", 0, "smiling", None, 1.0, 4, 0.5, 0, True):
+        ...                                            # EditStep: gallery items, before/after, status
+    gif = service.sweep(cache, "photo.jpg", 0, "smiling", None, 1.5, 5, 0.5, 0, True)
+
+The steps are: invert (detect + align + e4e, cached per session by photo content and face index)
+-> edit (CSLA mappers, or the optimisation baseline) -> render (a preview, then full size) ->
+paste back into the photo. Problems a user can act on are raised as ``csla_core.errors``
+exceptions with readable messages; turning them into UI messages is the front end's job, so
+nothing here imports gradio. Progress and notices go through plain callbacks (``progress(value,
+desc=...)`` with gr.Progress' signature, ``warn(text)``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import PIL.Image
+import torch
+from PIL import ImageDraw
+
+from .errors import InputImageError, PromptError, WeightsError
+from .imaging import tensor_to_pil
+
+if TYPE_CHECKING:  # faces pulls in facenet-pytorch; only its types are needed here
+    from .faces import Face
+    from .pipeline import CSLAPipeline, EditOutput, Inversion
+
+__all__ = [
+    "INVERSIONS_PER_SESSION",
+    "MISSING_PIPELINE_MESSAGE",
+    "NO_PHOTO_MESSAGE",
+    "PREVIEW_RESOLUTION",
+    "SESSION_TTL_S",
+    "SWEEP_DIR_MAX_AGE_S",
+    "Analysis",
+    "CachedInversion",
+    "EditStep",
+    "EditingService",
+    "NoPhotoError",
+    "SessionCache",
+    "annotate_faces",
+    "caption",
+    "clamp_int",
+    "clean_prompt",
+    "compare_pair",
+    "content_hash",
+    "face_choices",
+    "free_cached_memory",
+    "is_out_of_memory",
+    "prune_old_files",
+    "session_cache",
+    "sweep_strengths",
+    "write_gif",
+]
+
+PREVIEW_RESOLUTION = 256  # a quick first render before the full-size one (when larger)
+INVERSIONS_PER_SESSION = 3  # cached (photo, face) inversions per browser tab / API client
+SESSION_TTL_S = 1800  # a session's cache is dropped this long after its last use
+SWEEP_DIR_MAX_AGE_S = 3600  # animations older than this are deleted
+
+NO_PHOTO_MESSAGE = "Upload a portrait (or pick the example) first."
+MISSING_PIPELINE_MESSAGE = (
+    "The model weights are missing (details at the top of the page). Run "
+    "“python -m csla_core download”, then restart the app; or start it with "
+    "--random-weights (CSLA_RANDOM_WEIGHTS=1) to try the interface."
+)
+
+Progress = Callable[..., Any]  # progress(fraction | (done, total), desc=...), as gr.Progress
+Warn = Callable[[str], Any]  # tells the user something without stopping (gr.Warning)
+ModelCallWrapper = Callable[[str, Callable], Callable]  # (call name, function) -> function
+CacheKey = tuple[str, int]  # (photo content hash, face index)
+GalleryItem = tuple[PIL.Image.Image, str]  # (image, caption)
+
+
+def _no_progress(*_args: Any, **_kwargs: Any) -> None:
+    pass
+
+
+def _no_warning(_text: str) -> None:
+    pass
+
+
+class NoPhotoError(InputImageError):
+    """An edit or sweep was asked for before any photo was given."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-session cache (one per browser tab / API client; CPU objects only)
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class CachedInversion:
+    inversion: Any  # csla_core.pipeline.Inversion (CPU tensors, PIL images)
+    reconstruction: PIL.Image.Image | None = None
+    embedding: torch.Tensor | None = None  # CLIP embedding of the face's render (edit anchor)
+
+
+@dataclass
+class SessionCache:
+    """Bounded LRU of inversions keyed by (photo content hash, face index).
+
+    Why a cache: inverting a face (detection + alignment + e4e) costs more than an edit, and a
+    user edits the same face many times. Why bounded: every entry holds a decoded photo, so a tab
+    uploading photo after photo must not grow without limit. Why a TTL: an abandoned session's
+    photos should not be kept (the front end's session state expires after the same time).
+    """
+
+    max_items: int = INVERSIONS_PER_SESSION
+    items: OrderedDict[CacheKey, CachedInversion] = field(default_factory=OrderedDict)
+    before: PIL.Image.Image | None = None  # the "before" side of the last edit's comparison
+    ttl_s: float = SESSION_TTL_S
+    last_used: float = field(default_factory=time.monotonic)
+
+    def get(self, key: CacheKey) -> CachedInversion | None:
+        entry = self.items.get(key)
+        if entry is not None:
+            self.items.move_to_end(key)
+        self.touch()
+        return entry
+
+    def put(self, key: CacheKey, entry: CachedInversion) -> None:
+        self.items[key] = entry
+        self.items.move_to_end(key)
+        while len(self.items) > self.max_items:
+            self.items.popitem(last=False)
+        self.touch()
+
+    def touch(self, now: float | None = None) -> None:
+        self.last_used = time.monotonic() if now is None else now
+
+    def expired(self, now: float | None = None) -> bool:
+        now = time.monotonic() if now is None else now
+        return now - self.last_used > self.ttl_s
+
+
+def session_cache(state: object, now: float | None = None) -> SessionCache:
+    """The session's cache from what the front end stored: a new one if there is none yet (first
+    call, or state the front end has dropped) or if it was last used more than its TTL ago."""
+    now = time.monotonic() if now is None else now
+    if isinstance(state, SessionCache):
+        if not state.expired(now):
+            state.touch(now)
+            return state
+        return SessionCache(max_items=state.max_items, ttl_s=state.ttl_s, last_used=now)
+    return SessionCache(last_used=now)
+
+
+def content_hash(path: str | os.PathLike) -> str:
+    """SHA-256 of a file's bytes: the same photo uploaded again (new temp name) hits the cache."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------
+# Errors
+# ---------------------------------------------------------------------------------------------
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """torch's OutOfMemoryError, a RuntimeError saying so (CPU allocators), or MemoryError."""
+    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+def free_cached_memory() -> None:
+    """After an out-of-memory error: give the GPU's cached blocks back so the next call can run."""
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def clean_prompt(text: str | None, what: str = "edit prompt") -> str:
+    """The prompt without surrounding blanks; an empty one is a PromptError saying what to type."""
+    text = (text or "").strip()
+    if not text:
+        raise PromptError(
+            f"The {what} is empty: type what the face should look like, e.g. “smiling” or "
+            "“grey hair”."
+        )
+    return text
+
+
+# ---------------------------------------------------------------------------------------------
+# Small presentation helpers (pure functions of their inputs)
+# ---------------------------------------------------------------------------------------------
+
+
+def annotate_faces(
+    photo: PIL.Image.Image, faces: Sequence[Face], chosen: int, max_side: int = 768
+) -> PIL.Image.Image:
+    """The photo (downscaled) with numbered boxes around the detected faces."""
+    scale = min(1.0, max_side / max(photo.size))
+    image = photo.convert("RGB")
+    if scale < 1.0:
+        image = image.resize((round(photo.width * scale), round(photo.height * scale)))
+    draw = ImageDraw.Draw(image)
+    width = max(2, round(max(image.size) / 200))
+    for index, face in enumerate(faces):
+        x0, y0, x1, y1 = (float(v) * scale for v in face.box)
+        colour = (255, 64, 64) if index == chosen else (255, 215, 0)
+        draw.rectangle((x0, y0, x1, y1), outline=colour, width=width)
+        draw.text((x0 + width + 2, y0 + width + 2), f"#{index}", fill=colour)
+    return image
+
+
+def face_choices(faces: Sequence[Face]) -> list[tuple[str, int]]:
+    return [(f"#{i} ({face.width:.0f}×{face.height:.0f} px)", i) for i, face in enumerate(faces)]
+
+
+def caption(index: int, strength: float, seed: int) -> str:
+    return f"sample {index + 1} · strength {strength:+.2f} · seed {seed}"
+
+
+def clamp_int(value: Any, low: int, high: int, default: int) -> int:
+    """``value`` as an int within [low, high]; ``default`` when it is no number (API callers)."""
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        return default
+    return max(low, min(high, number))
+
+
+def compare_pair(
+    gallery: Sequence[Any] | None, cache: object, index: Any
+) -> tuple[PIL.Image.Image, Any] | None:
+    """(before, after) for the clicked gallery item, or None when there is nothing to compare."""
+    if not gallery or not isinstance(cache, SessionCache) or cache.before is None:
+        return None
+    index = index if isinstance(index, int) else 0
+    item = gallery[min(index, len(gallery) - 1)]
+    after = item[0] if isinstance(item, (tuple, list)) else item  # (image, caption) or image
+    return (cache.before, after)
+
+
+# ---------------------------------------------------------------------------------------------
+# Strength sweep animations
+# ---------------------------------------------------------------------------------------------
+
+
+def sweep_strengths(max_strength: float | None, frames: int) -> list[float]:
+    """``frames`` strengths evenly from -max_strength to +max_strength (1.0 when unset)."""
+    top = abs(float(max_strength or 1.0))
+    return [-top + 2 * top * i / (frames - 1) for i in range(frames)]
+
+
+def prune_old_files(folder: Path, max_age_s: float) -> None:
+    """Delete files older than ``max_age_s`` (animations are written per request, never reused)."""
+    now = time.time()
+    for path in folder.glob("*"):
+        try:
+            if now - path.stat().st_mtime > max_age_s:
+                path.unlink()
+        except OSError:
+            pass
+
+
+def write_gif(
+    frames: Sequence[PIL.Image.Image],
+    folder: Path,
+    *,
+    frame_ms: int = 250,
+    max_age_s: float = SWEEP_DIR_MAX_AGE_S,
+) -> str:
+    """An endless GIF of ``frames`` forwards then back (ends not repeated) in ``folder``; its path.
+
+    n frames give 2n - 2 GIF frames. Old animations in ``folder`` are deleted first.
+    """
+    loop = list(frames) + list(frames[-2:0:-1])  # forwards, then back
+    prune_old_files(folder, max_age_s)
+    handle, name = tempfile.mkstemp(suffix=".gif", dir=folder)
+    os.close(handle)
+    loop[0].save(name, save_all=True, append_images=loop[1:], duration=frame_ms, loop=0)
+    return name
+
+
+# ---------------------------------------------------------------------------------------------
+# The service
+# ---------------------------------------------------------------------------------------------
+
+
+class EditStep(NamedTuple):
+    """One rendering of an edit: the preview first (when there is one), then the full size."""
+
+    items: list[GalleryItem]  # the edited images with their captions
+    pair: tuple[PIL.Image.Image, PIL.Image.Image]  # (before, first result) for a comparison
+    status: str  # method, samples, strength, elapsed time
+
+
+@dataclass
+class Analysis:
+    """A photo's chosen face as the UI shows it after inversion."""
+
+    choices: list[tuple[str, int]]  # (label, face index) for every detected face
+    chosen: int
+    several: bool  # more than one face: the UI offers a choice and shows the annotated photo
+    annotated: PIL.Image.Image | None  # the photo with numbered face boxes (several faces only)
+    crop: PIL.Image.Image  # the FFHQ-aligned crop
+    reconstruction: PIL.Image.Image  # the inverted face rendered (preview size, then full size)
+
+
+class EditingService:
+    """The pipeline's operations as a UI uses them; inputs and outputs are CPU objects.
+
+    Holds no per-user state (that is the :class:`SessionCache` passed in), so one instance serves
+    every session. ``pipe_or_error`` is the loaded pipeline or the error that prevented loading
+    it: without a pipeline every operation raises WeightsError, so the UI can still start and
+    explain what to download. ``wrap_model_call(name, fn)`` wraps each model call (names in
+    ``MODEL_CALLS``), e.g. to give it a ZeroGPU slot; pasting runs on the CPU and is not wrapped.
+    """
+
+    MODEL_CALLS = ("invert", "render", "embed", "edit", "render_edit", "generate")
+
+    def __init__(
+        self,
+        pipe_or_error: CSLAPipeline | BaseException,
+        *,
+        max_resolution: int | None = None,
+        sweep_dir: str | os.PathLike | None = None,
+        wrap_model_call: ModelCallWrapper | None = None,
+    ):
+        if isinstance(pipe_or_error, BaseException):
+            self.pipe: CSLAPipeline | None = None
+            self.error: BaseException | None = pipe_or_error
+        else:
+            self.pipe = pipe_or_error
+            self.error = None
+        size = self.pipe.generator.size if self.pipe is not None else 1024
+        resolution = size if not max_resolution else min(int(max_resolution), size)
+        if resolution & (resolution - 1) or resolution < 4:
+            raise ValueError(f"max_resolution must be a power of two, got {max_resolution}")
+        self.size = size
+        self.resolution = resolution  # the "full" rendering size
+        self.preview = PREVIEW_RESOLUTION if resolution > PREVIEW_RESOLUTION else None
+        # CPU renders are slow: smaller and fewer sweep frames there.
+        on_cpu = self.pipe is None or self.pipe.device.type == "cpu"
+        self.sweep_resolution = min(resolution, 256 if on_cpu else 512)
+        self.default_frames = 5 if on_cpu else 9
+        self.sweep_folder = Path(sweep_dir or tempfile.mkdtemp(prefix="csla-sweeps-"))
+        self.sweep_folder.mkdir(parents=True, exist_ok=True)
+        wrap = wrap_model_call or (lambda _name, fn: fn)
+        self.invert = wrap("invert", self._invert)
+        self.render = wrap("render", self._render)
+        self.embed = wrap("embed", self._embed)
+        self.edit = wrap("edit", self._edit)
+        self.render_edit = wrap("render_edit", self._render_edit)
+        self.generate = wrap("generate", self._generate)
+
+    # -- state
+    @property
+    def notice(self) -> str:
+        return self.pipe.notice if self.pipe is not None else ""
+
+    @property
+    def resolutions(self) -> list[int]:
+        """Rendering sizes of every output: the preview (if smaller than full size), then full."""
+        return [r for r in (self.preview, self.resolution) if r]
+
+    def require(self) -> CSLAPipeline:
+        if self.pipe is None:
+            raise WeightsError(MISSING_PIPELINE_MESSAGE)
+        return self.pipe
+
+    def max_res(self, resolution: int) -> int | None:
+        return None if resolution >= self.size else resolution
+
+    # -- model calls (each one wrapped by wrap_model_call)
+    def _invert(self, photo: str, face_index: int) -> Inversion:
+        return self.require().invert(photo, face_index=face_index)
+
+    def _render(self, wplus: torch.Tensor, resolution: int) -> list[PIL.Image.Image]:
+        pipe = self.require()
+        return tensor_to_pil(pipe.render(wplus, max_resolution=self.max_res(resolution)).cpu())
+
+    def _embed(self, wplus: torch.Tensor) -> torch.Tensor:
+        return self.require().image_embedding(wplus).cpu()
+
+    def _edit(self, wplus: torch.Tensor, prompt: str, **kwargs: Any) -> EditOutput:
+        return self.require().edit(wplus, prompt, **kwargs)
+
+    def _render_edit(self, edit: EditOutput, resolution: int) -> list[PIL.Image.Image]:
+        pipe = self.require()
+        return tensor_to_pil(pipe.render_edit(edit, max_resolution=self.max_res(resolution)).cpu())
+
+    def _generate(self, prompt: str, n: int, seed: int) -> EditOutput:
+        return self.require().generate(prompt, n=n, seed=seed)
+
+    # -- CPU steps
+    def edit_cached(self, entry: CachedInversion, prompt: str, **kwargs: Any) -> EditOutput:
+        """An edit of a cached face; its CLIP anchor is computed once and kept in the entry."""
+        if entry.embedding is None:
+            entry.embedding = self.embed(entry.inversion.wplus)
+        return self.edit(entry.inversion.wplus, prompt, image_embedding=entry.embedding, **kwargs)
+
+    def paste(self, inversion: Inversion, image: PIL.Image.Image) -> PIL.Image.Image:
+        return self.require().paste(inversion, image)
+
+    def inversion(
+        self,
+        cache: SessionCache,
+        photo: str,
+        face_index: int | None,
+        progress: Progress = _no_progress,
+    ) -> tuple[CachedInversion, CacheKey]:
+        """(cache entry, key): from the session cache or by detecting + inverting now."""
+        key = (content_hash(photo), int(face_index or 0))
+        entry = cache.get(key)
+        if entry is None:
+            progress(0.05, desc="Finding the face and inverting it (e4e)")
+            entry = CachedInversion(self.invert(photo, key[1]))
+            cache.put(key, entry)
+        return entry, key
+
+    def _compose(
+        self, entry: CachedInversion, images: list[PIL.Image.Image], paste: bool, progress: Progress
+    ) -> list[PIL.Image.Image]:
+        if not paste:
+            return list(images)
+        progress(0.95, desc="Pasting the edits back into the photo")
+        return [self.paste(entry.inversion, image) for image in images]
+
+    @staticmethod
+    def _before_image(
+        entry: CachedInversion, paste: bool, size: tuple[int, int]
+    ) -> PIL.Image.Image:
+        """The unedited side of a comparison, matching the results (whole photo, or crop)."""
+        if paste:
+            return entry.inversion.photo
+        crop = entry.inversion.aligned.image
+        return crop if crop.size == size else crop.resize(size, PIL.Image.Resampling.LANCZOS)
+
+    # -- what the UI's events run
+    def analysis_steps(
+        self,
+        cache: SessionCache,
+        photo: str,
+        face_index: int | None,
+        progress: Progress = _no_progress,
+    ) -> Iterator[Analysis]:
+        """Detect, align and invert a face; yields it with its reconstruction, first rendered at
+        preview size (when not cached and there is a preview), then at full size."""
+        self.require()
+        entry, key = self.inversion(cache, photo, face_index, progress)
+        inv = entry.inversion
+        several = len(inv.faces) > 1
+        choices = face_choices(inv.faces)
+        annotated = annotate_faces(inv.photo, inv.faces, key[1]) if several else None
+
+        def analysis(reconstruction: PIL.Image.Image) -> Analysis:
+            cache.touch()
+            return Analysis(choices, key[1], several, annotated, inv.aligned.image, reconstruction)
+
+        if entry.reconstruction is None:
+            for resolution in self.resolutions:
+                progress(0.6, desc=f"Rendering the reconstruction at {resolution} px")
+                image = self.render(inv.wplus, resolution)[0]
+                if resolution == self.resolution:
+                    entry.reconstruction = image
+                else:
+                    yield analysis(image)
+        yield analysis(entry.reconstruction)
+
+    def edit_steps(
+        self,
+        cache: SessionCache,
+        photo: str | None,
+        face_index: int | None,
+        prompt: str | None,
+        source_prompt: str | None,
+        strength: float | None,
+        samples: Any,
+        diversity: float,
+        seed: Any,
+        paste: bool,
+        progress: Progress = _no_progress,
+        warn: Warn = _no_warning,
+    ) -> Iterator[EditStep]:
+        """Edit the chosen face of ``photo`` towards ``prompt``; yields the preview first, then the
+        full size. ``paste``: results pasted back into the photo, else the aligned crops."""
+        self.require()
+        prompt = clean_prompt(prompt)
+        source_prompt = (source_prompt or "").strip() or None
+        if not photo:
+            raise NoPhotoError(NO_PHOTO_MESSAGE)
+        samples = clamp_int(samples, 1, 8, 4)
+        seed = clamp_int(seed, 0, 2**31 - 1, 0)
+        strength = float(strength if strength is not None else 1.0)
+        started = time.perf_counter()
+        entry, _ = self.inversion(cache, photo, face_index, progress)
+        progress(0.3, desc=f"Editing towards “{prompt}”")
+        edit = self.edit_cached(
+            entry,
+            prompt,
+            source_prompt=source_prompt,
+            strength=strength,
+            n_samples=samples,
+            diversity=float(diversity),
+            seed=seed,
+        )
+        for notice in getattr(edit, "notices", None) or []:
+            warn(notice)
+        status = (
+            f"**{getattr(edit, 'method', 'edit')}** · {samples} sample(s), strength {strength:+.2f}"
+        )
+        resolutions = self.resolutions
+        for step, resolution in enumerate(resolutions):
+            final = step == len(resolutions) - 1
+            progress(
+                0.4 + 0.5 * step / len(resolutions),
+                desc=f"Rendering {samples} image(s) at {resolution} px",
+            )
+            images = self._compose(entry, self.render_edit(edit, resolution), paste, progress)
+            items = [(image, caption(i, strength, seed)) for i, image in enumerate(images)]
+            before = self._before_image(entry, paste, images[0].size)
+            cache.before = before  # kept for comparisons with the other results (compare_pair)
+            cache.touch()
+            label = "" if final else " — preview, full size on its way…"
+            elapsed = time.perf_counter() - started
+            yield EditStep(items, (before, images[0]), f"{status} · {elapsed:.1f} s{label}")
+
+    def sweep(
+        self,
+        cache: SessionCache,
+        photo: str | None,
+        face_index: int | None,
+        prompt: str | None,
+        source_prompt: str | None,
+        max_strength: float | None,
+        frames: Any,
+        diversity: float,
+        seed: Any,
+        paste: bool,
+        progress: Progress = _no_progress,
+    ) -> str:
+        """A GIF of sample 1 from -max_strength to +max_strength and back; returns its path."""
+        self.require()
+        prompt = clean_prompt(prompt)
+        if not photo:
+            raise NoPhotoError(NO_PHOTO_MESSAGE)
+        frames = clamp_int(frames, 3, 15, self.default_frames)
+        seed = clamp_int(seed, 0, 2**31 - 1, 0)
+        entry, _ = self.inversion(cache, photo, face_index, progress)
+        images = []
+        for i, strength in enumerate(sweep_strengths(max_strength, frames)):
+            progress((i, frames), desc=f"Frame {i + 1}/{frames} (strength {strength:+.2f})")
+            edit = self.edit_cached(
+                entry,
+                prompt,
+                source_prompt=(source_prompt or "").strip() or None,
+                strength=strength,
+                n_samples=1,
+                diversity=float(diversity),
+                seed=seed,
+            )
+            frame = self.render_edit(edit, self.sweep_resolution)[0]
+            if paste:
+                frame = self.paste(entry.inversion, frame)
+                frame.thumbnail((512, 512), PIL.Image.Resampling.LANCZOS)  # GIFs stay small
+            images.append(frame)
+        name = write_gif(images, self.sweep_folder)
+        cache.touch()
+        return name
+
+    def generate_steps(
+        self,
+        prompt: str | None,
+        samples: Any,
+        seed: Any,
+        progress: Progress = _no_progress,
+        warn: Warn = _no_warning,
+    ) -> Iterator[list[GalleryItem]]:
+        """Faces generated from a text prompt; yields the preview first, then the full size."""
+        self.require()
+        prompt = clean_prompt(prompt, "text-to-image prompt")
+        samples = clamp_int(samples, 1, 8, 4)
+        seed = clamp_int(seed, 0, 2**31 - 1, 0)
+        progress(0.1, desc=f"Mapping “{prompt}” into the generator's space")
+        result = self.generate(prompt, samples, seed)
+        for notice in getattr(result, "notices", None) or []:
+            warn(notice)
+        for resolution in self.resolutions:
+            progress(0.5, desc=f"Rendering {samples} image(s) at {resolution} px")
+            images = self.render_edit(result, resolution)
+            yield [(image, f"sample {i + 1} · seed {seed}") for i, image in enumerate(images)]

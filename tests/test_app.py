@@ -1,0 +1,421 @@
+"""The Gradio app: API (gradio_client), errors as messages, start-up without weights, and a real
+browser session (Playwright + the system Chromium).
+
+Everything runs on 127.0.0.1 in random-weights mode with renders capped at 256 px
+(``build_demo(max_resolution=256)``, the same as ``CSLA_APP_MAX_RESOLUTION=256``), two samples per
+edit, so the file stays within a few minutes on 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+ASTRONAUT = REPO / "assets" / "astronaut.jpg"
+ARTIFACTS = REPO / "test-artifacts"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+]
+SAMPLES = 2
+TEST_RESOLUTION = 256
+
+if str(REPO) not in sys.path:  # app.py lives at the repository root
+    sys.path.insert(0, str(REPO))
+
+import app  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def launch(demo):
+    port = free_port()
+    demo.launch(
+        prevent_thread_lock=True,
+        server_name="127.0.0.1",
+        server_port=port,
+        quiet=True,
+        **app.launch_options(),
+    )
+    return f"http://127.0.0.1:{port}/"
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    import csla_core
+
+    return csla_core.load_pipeline(random_weights=True, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def demo(pipe):
+    return app.build_demo(pipe, max_resolution=TEST_RESOLUTION)
+
+
+@pytest.fixture(scope="module")
+def server(demo):
+    url = launch(demo)
+    yield url
+    demo.close()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    from gradio_client import Client
+
+    return Client(server, verbose=False)
+
+
+def edit(client, image, prompt="smiling", strength=1.0, seed=0, samples=SAMPLES):
+    from gradio_client import handle_file
+
+    return client.predict(
+        handle_file(str(image)), prompt, strength, seed, samples, api_name="/edit"
+    )
+
+
+def error_message(excinfo) -> str:
+    return str(excinfo.value)
+
+
+# ------------------------------------------------------------------------------------------ API
+
+
+def test_every_event_has_an_api_name(demo):
+    deps = demo.config["dependencies"]
+    assert deps and all(d.get("api_name") for d in deps), [d.get("api_name") for d in deps]
+    names = {d["api_name"] for d in deps}
+    assert {"edit", "invert", "edit_photo", "sweep", "generate"} <= names
+
+
+def test_edit_endpoint_signature(client):
+    info = client.view_api(print_info=False, return_format="dict")
+    params = [p["parameter_name"] for p in info["named_endpoints"]["/edit"]["parameters"]]
+    assert params == ["photo", "prompt", "strength", "seed", "samples"]
+
+
+def test_edit_returns_the_requested_number_of_full_size_photos(client):
+    result = edit(client, ASTRONAUT, samples=SAMPLES)
+    assert len(result) == SAMPLES
+    original = Image.open(ASTRONAUT).size
+    for item in result:
+        with Image.open(item["image"]) as image:
+            assert image.size == original  # pasted back into the photo at its own resolution
+        assert "strength +1.00" in item["caption"]
+
+
+def test_empty_prompt_is_a_readable_error_and_the_server_keeps_serving(client):
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError) as excinfo:
+        edit(client, ASTRONAUT, prompt="   ")
+    assert "prompt is empty" in error_message(excinfo)
+    assert len(edit(client, ASTRONAUT, prompt="grey hair", strength=-0.5, samples=1)) == 1
+
+
+def test_non_image_upload_is_a_readable_error_and_the_server_keeps_serving(client, tmp_path):
+    from gradio_client.exceptions import AppError
+
+    fake = tmp_path / "notes.jpg"
+    fake.write_text("this is not a picture\n" * 20)
+    with pytest.raises(AppError) as excinfo:
+        edit(client, fake)
+    message = error_message(excinfo)
+    assert "not an image" in message and "Traceback" not in message
+    assert len(edit(client, ASTRONAUT, samples=1)) == 1
+
+
+def test_huge_images_are_readable_errors(client, tmp_path):
+    from gradio_client.exceptions import AppError
+
+    for size, expected in [((15_000, 10_000), "too large"), ((20_100, 10_000), "too large")]:
+        path = tmp_path / f"huge-{size[0]}.png"  # tiny files, huge pixel counts
+        Image.new("L", size, 128).save(path, optimize=False, compress_level=1)
+        with pytest.raises(AppError) as excinfo:
+            edit(client, path)
+        assert expected in error_message(excinfo)
+
+
+def test_photo_without_a_face_is_a_readable_error(client, tmp_path):
+    from gradio_client.exceptions import AppError
+
+    blank = tmp_path / "wall.png"
+    Image.new("RGB", (320, 240), (180, 170, 160)).save(blank)
+    with pytest.raises(AppError) as excinfo:
+        edit(client, blank)
+    assert "No face found" in error_message(excinfo)
+
+
+def test_invert_endpoint_gives_crop_and_reconstruction(client):
+    from gradio_client import handle_file
+
+    outputs = client.predict(handle_file(str(ASTRONAUT)), api_name="/invert")
+    _radio, _faces, crop, reconstruction = outputs
+    with Image.open(crop) as image:
+        assert image.size == (1024, 1024)
+    with Image.open(reconstruction) as image:
+        assert image.size == (TEST_RESOLUTION, TEST_RESOLUTION)
+
+
+def test_several_faces_can_be_chosen(client, tmp_path):
+    from gradio_client import handle_file
+
+    with Image.open(ASTRONAUT) as image:  # two astronauts side by side: two faces
+        pair = Image.new("RGB", (image.width * 2, image.height))
+        pair.paste(image, (0, 0))
+        pair.paste(image.transpose(Image.Transpose.FLIP_LEFT_RIGHT), (image.width, 0))
+    path = tmp_path / "two.png"
+    pair.save(path)
+    first = client.predict(handle_file(str(path)), api_name="/invert")
+    assert first[1] is not None  # the annotated photo is shown when there are several faces
+    second = client.predict(handle_file(str(path)), 1, api_name="/select_face")
+    assert second[0]["value"] == 1 and len(second[0]["choices"]) == 2
+    with Image.open(first[2]) as a, Image.open(second[2]) as b:
+        assert a.tobytes() != b.tobytes()  # another face, another crop
+
+
+def test_strength_sweep_is_an_animation(client):
+    from gradio_client import handle_file
+
+    (gif,) = [
+        client.predict(
+            photo=handle_file(str(ASTRONAUT)),
+            prompt="smiling",
+            max_strength=1.0,
+            frames=3,
+            paste_mode="crop",
+            api_name="/sweep",
+        )
+    ]
+    with Image.open(gif) as image:
+        assert image.format == "GIF" and image.n_frames == 4  # -1, 0, +1, then 0 on the way back
+
+
+def test_text_to_image(client):
+    result = client.predict("a smiling old man", SAMPLES, 3, api_name="/generate")
+    assert len(result) == SAMPLES
+
+
+# ------------------------------------------------------------------------------ errors, caches
+
+
+def test_out_of_memory_becomes_a_message():
+    import gradio as gr
+    import torch
+
+    for exc in (
+        torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB"),
+        RuntimeError("DefaultCPUAllocator: not enough memory: you tried... out of memory"),
+    ):
+        error = app.user_error(exc)
+        assert isinstance(error, gr.Error) and "Out of memory" in error.message
+
+
+def test_pipeline_errors_keep_their_message():
+    from csla_core.errors import NoFaceError
+
+    error = app.user_error(NoFaceError("No face found in the photo."))
+    assert error.message == "No face found in the photo." and error.title == "No face found"
+
+
+def test_missing_photo_is_a_readable_error():
+    from csla_core.session import NO_PHOTO_MESSAGE, NoPhotoError
+
+    error = app.user_error(NoPhotoError(NO_PHOTO_MESSAGE))
+    assert error.message == "Upload a portrait (or pick the example) first."
+    assert error.title == "No photo"
+
+
+def test_sessions_do_not_share_caches(demo, client, server):
+    """Each API client / browser tab has its own gr.State cache; nothing is module-level."""
+    import gradio as gr
+    from gradio_client import Client, handle_file
+
+    from csla_core.session import SessionCache
+
+    other = Client(server, verbose=False)
+    for each in (client, other):
+        each.predict(handle_file(str(ASTRONAUT)), api_name="/invert")
+    state_id = next(i for i, b in demo.blocks.items() if isinstance(b, gr.State))
+    mine = demo.state_holder[client.session_hash].state_data[state_id]
+    theirs = demo.state_holder[other.session_hash].state_data[state_id]
+    assert isinstance(mine, SessionCache) and isinstance(theirs, SessionCache)
+    assert mine is not theirs and mine.items and theirs.items
+    assert all(
+        a.inversion is not b.inversion for a in mine.items.values() for b in theirs.items.values()
+    )
+
+
+def test_missing_weights_page_says_what_to_do():
+    from gradio_client import Client
+    from gradio_client.exceptions import AppError
+
+    from csla_core.errors import WeightsError
+
+    demo = app.build_demo(WeightsError("e4e_ffhq_encode.pt was not found in checkpoints/."))
+    text = json.dumps(demo.config, default=str)
+    assert "python -m csla_core download" in text and "--random-weights" in text
+    url = launch(demo)
+    try:
+        with pytest.raises(AppError) as excinfo:
+            edit(Client(url, verbose=False), ASTRONAUT)
+        assert "python -m csla_core download" in error_message(excinfo)
+    finally:
+        demo.close()
+
+
+@pytest.mark.slow
+def test_python_app_py_starts_without_weights(tmp_path):
+    """`python app.py` with no weights reachable: serves a page explaining what to download."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CSLA_")}
+    env.update(
+        GRADIO_SERVER_NAME="127.0.0.1",
+        GRADIO_SERVER_PORT=str(port),
+        HF_HUB_OFFLINE="1",
+        HF_HUB_CACHE=str(tmp_path / "hub"),
+        CSLA_CHECKPOINT_DIR=str(tmp_path / "empty"),
+        GRADIO_ANALYTICS_ENABLED="False",
+    )
+    (tmp_path / "empty").mkdir()
+    log = tmp_path / "app.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, str(REPO / "app.py"), "--no-download"],
+            cwd=tmp_path,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 150
+        config = None
+        while time.monotonic() < deadline and process.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/config", timeout=5) as r:
+                    config = r.read().decode()
+                break
+            except OSError:
+                time.sleep(1)
+        assert config is not None, log.read_text()
+        assert "python -m csla_core download" in config and "--random-weights" in config
+        assert "Traceback" not in log.read_text()
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+# --------------------------------------------------------------------------------- the browser
+
+
+def _ensure_chromium() -> str | None:
+    """Path of the system Chromium, installing the Debian package if needed; None if impossible."""
+    if Path(CHROMIUM).exists():
+        return CHROMIUM
+    apt = shutil.which("apt-get")
+    if apt is None or os.geteuid() != 0:
+        return None
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+
+    def install() -> bool:
+        done = subprocess.run(
+            [apt, "install", "-y", "chromium"], capture_output=True, env=env, timeout=900
+        )
+        return done.returncode == 0
+
+    if not install():  # stale package lists: refresh once
+        subprocess.run([apt, "update"], capture_output=True, env=env, timeout=600)
+        install()
+    return CHROMIUM if Path(CHROMIUM).exists() else None
+
+
+def _ensure_playwright():
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        subprocess.run(
+            [sys.executable, "-m", "pip", "install", "playwright"], capture_output=True, timeout=600
+        )
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        return None
+    return sync_playwright
+
+
+@pytest.fixture(scope="module")
+def browser():
+    chromium = _ensure_chromium()
+    if chromium is None:
+        pytest.skip("Chromium is missing and cannot be installed here (needs root and apt-get)")
+    sync_playwright = _ensure_playwright()
+    if sync_playwright is None:
+        pytest.skip("the playwright package cannot be installed (pip install playwright)")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=chromium, headless=True, args=CHROMIUM_ARGS
+        )
+        yield browser
+        browser.close()
+
+
+@pytest.mark.slow
+def test_browser_upload_prompt_release_slider_gives_a_gallery(server, browser):
+    page = browser.new_page(viewport={"width": 1400, "height": 1800})
+    try:
+        page.goto(server, wait_until="load")
+        page.wait_for_selector("#photo input[type=file]", state="attached", timeout=60_000)
+        assert "RANDOM-WEIGHTS MODE" in page.locator("#csla-notice").inner_text()
+
+        page.locator("#photo input[type=file]").set_input_files(str(ASTRONAUT))
+        page.locator("#prompt textarea").fill("smiling")
+        samples = page.locator("#samples input[type=number]")
+        samples.fill(str(SAMPLES))
+        samples.blur()
+        # Press and release the strength slider at 3/4 of its track: the edit runs on release.
+        track = page.locator("#strength input[type=range]")
+        box = track.bounding_box()
+        track.click(position={"x": box["width"] * 0.75, "y": box["height"] / 2})
+
+        page.wait_for_function(
+            f"document.querySelectorAll('#results img').length >= {SAMPLES}", timeout=150_000
+        )
+        # The reconstruction beside the crop and the before/after comparison are shown too.
+        page.wait_for_function(
+            "document.querySelectorAll('#compare img').length >= 1", timeout=30_000
+        )
+        assert page.locator("#results img").count() == SAMPLES
+        strength = float(page.locator("#strength input[type=number]").input_value())
+        assert 1.0 < strength <= 3.0
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "app.png"), full_page=True)
+        # Clicking a result puts it into the before/after comparison.
+        after = page.locator("#compare img").last
+        first_src = after.get_attribute("src")
+        page.locator("#results img").nth(1).click()
+        page.wait_for_function(
+            "src => { const imgs = document.querySelectorAll('#compare img');"
+            " return imgs.length && imgs[imgs.length - 1].getAttribute('src') !== src; }",
+            arg=first_src,
+            timeout=30_000,
+        )
+    finally:
+        page.close()

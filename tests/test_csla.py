@@ -1,0 +1,388 @@
+"""CSLA mappers, training, editing, baseline and metrics on tiny random models (CPU, offline).
+
+The tiny generator keeps StyleGAN2's 512 channels up to 32 px, so rendering dominates the cost;
+everything renders at 8 px (CLIP upsamples to its 32 px input). One training run (a 512-sample
+pool, 300 steps) is shared by the module through a fixture.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from csla_core.baselines import LatentOptimiser, OptimisationConfig, optimise_latent
+from csla_core.clip_space import build_tiny_clip
+from csla_core.editing import TextEditor, edit_command, generate_command
+from csla_core.errors import PromptError, WeightsError
+from csla_core.mappers import (
+    ClipCentre,
+    CSLAMappers,
+    flatten_styles,
+    mapper_config_for,
+    split_styles,
+    style_rows_for,
+)
+from csla_core.metrics import (
+    UNAVAILABLE,
+    clip_diversity,
+    evaluate,
+    evaluate_command,
+    mean_pairwise_distance,
+)
+from csla_core.train import (
+    TrainConfig,
+    build_tiny_models,
+    heldout_error,
+    model_card,
+    train,
+    train_command,
+)
+
+RES = 8  # render size everywhere in these tests
+PROMPT = "a smiling face"
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+    return build_tiny_models(0)
+
+
+@pytest.fixture(scope="module")
+def trained(tiny, tmp_path_factory):
+    generator, clip = tiny
+    out = tmp_path_factory.mktemp("csla_train")
+    cfg = TrainConfig.tiny(eval_samples=192)  # 300 steps, batch 64, 512-sample pool, 8 px
+    stats = train(generator, clip, cfg, output_dir=out)
+    return out, stats, cfg
+
+
+@pytest.fixture(scope="module")
+def editor(tiny, trained):
+    generator, clip = tiny
+    mappers = CSLAMappers.load(trained[0] / "mappers.safetensors")
+    return TextEditor(generator, clip, mappers, render_resolution=RES)
+
+
+def _face(generator, seed: int, n: int = 1, psi: float = 0.7, latent_avg=None) -> torch.Tensor:
+    with torch.no_grad():
+        z = torch.randn(n, generator.style_dim, generator=torch.Generator().manual_seed(seed))
+        w = generator.mapping(z)
+        if latent_avg is not None:
+            w = latent_avg[:1] + psi * (w - latent_avg[:1])
+        return generator.to_wplus(w).clone()
+
+
+# ---------------------------------------------------------------------- CLIP space
+def test_text_embeddings_templates_truncation_and_errors(tiny):
+    _, clip = tiny
+    emb = clip.encode_text(["a face", PROMPT])
+    assert torch.allclose(emb.norm(dim=1), torch.ones(2), atol=1e-5)
+    plain = clip.encode_text([PROMPT], use_templates=False)
+    assert not torch.allclose(plain, emb[1:], atol=1e-4)  # templates change the average
+    assert torch.equal(clip.encode_text([PROMPT]), emb[1:])  # cached and deterministic
+    enc = clip.encode_text_with_info(["a face", "a face with " + "very " * 80 + "long hair"])
+    assert enc.truncated == (False, True)
+    for bad in ("", "   \n"):
+        with pytest.raises(PromptError):
+            clip.encode_text([bad])
+    with pytest.raises(PromptError):
+        clip.encode_text([])
+
+
+def test_tiny_clip_builds_offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    clip = build_tiny_clip(seed=3, embed_dim=16, image_size=32)
+    a = clip.encode_text(["a face"])
+    b = build_tiny_clip(seed=3, embed_dim=16).encode_text(["a face"])
+    assert a.shape == (1, 16) and torch.equal(a, b)  # seeded: same weights, same embedding
+
+
+def test_image_encoding_applies_clip_normalisation(tiny):
+    _, clip = tiny
+    images = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    images.requires_grad_(True)
+    got = clip.encode_images(images)
+    x = F.interpolate((images.detach() + 1) / 2, size=(32, 32), mode="bicubic",
+                      align_corners=False)
+    mean = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)
+    std = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)
+    want = F.normalize(clip.model.encode_image((x - mean) / std), dim=-1)
+    skipped = F.normalize(clip.model.encode_image(x), dim=-1)
+    assert torch.allclose(got, want, atol=1e-5)
+    assert not torch.allclose(got, skipped, atol=1e-3)
+    got.sum().backward()  # differentiable w.r.t. the images (latent optimisation needs it)
+    assert images.grad is not None and images.grad.abs().sum() > 0
+
+
+# ---------------------------------------------------------------------- mappers
+def test_mapper_layout_matches_generator(tiny):
+    generator, _ = tiny
+    assert list(style_rows_for(len(generator.style_dims))) == generator._style_wplus_index()
+    cfg = mapper_config_for(generator, 64)
+    assert cfg.row_groups() == [(0, 4), (4, 8)]
+    styles = generator.styles_from_wplus(_face(generator, 0, n=2))
+    assert all(torch.equal(a, b) for a, b in
+               zip(split_styles(flatten_styles(styles), cfg.style_dims), styles))
+
+
+def test_mapper_save_load_roundtrip_and_rejects_pickle(tiny, tmp_path):
+    generator, _ = tiny
+    torch.manual_seed(1)
+    mappers = CSLAMappers(mapper_config_for(generator, 64, hidden_dim=32, depth=2,
+                                            mixing="both", mixing_hidden=8))
+    with torch.no_grad():  # make every buffer and the zero-initialised layers non-trivial
+        for p in mappers.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+        mappers.centre.update(torch.randn(16, 64))
+        mappers.w_mapper.w_scale.uniform_(0.5, 2.0)
+        mappers.s_mapper.s_scale.uniform_(0.5, 2.0)
+        mappers.latent_avg.normal_()
+    path = mappers.save(tmp_path / "m.safetensors")
+    assert json.loads((tmp_path / "m.json").read_text())["clip_dim"] == 64
+    loaded = CSLAMappers.load(path)
+    from csla_core.mappers import generator_styles_fn
+
+    fn = generator_styles_fn(generator, mappers.latent_avg)
+    f = F.normalize(torch.randn(5, 64), dim=1)
+    a, b = mappers.eval().map_embedding(f, fn), loaded.map_embedding(f, fn)
+    assert torch.equal(a.dw, b.dw) and torch.equal(a.ds, b.ds)
+
+    torch.save({"weights": torch.zeros(3)}, tmp_path / "pickled.safetensors")
+    with pytest.raises(WeightsError):
+        CSLAMappers.load(tmp_path / "pickled.safetensors")
+    with pytest.raises(WeightsError):
+        CSLAMappers.load(tmp_path / "missing.safetensors")
+
+
+@settings(max_examples=25, deadline=None)
+@given(mean=st.floats(-1, 1), scale=st.floats(0.01, 3.0), seed=st.integers(0, 1000))
+def test_clip_centre_standardises_to_unit_scale(mean, scale, seed):
+    centre = ClipCentre(8, strategy="ema", momentum=0.5)
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(20):
+        centre.update(mean + scale * torch.randn(512, 8, generator=gen))
+    x = centre.standardise(mean + scale * torch.randn(4096, 8, generator=gen))
+    assert x.mean().abs() < 0.25 and 0.75 < x.std() < 1.3
+
+
+# ---------------------------------------------------------------------- training
+def test_training_beats_trivial_predictor(trained):
+    out, stats, cfg = trained
+    print(f"\nheld-out residual error / trivial predictor after {cfg.steps} steps: "
+          f"W+ {stats['ratio_w']:.3f}, S {stats['ratio_s']:.3f}; "
+          f"sample generation {stats['samples_per_s']:.1f} samples/s")
+    assert stats["ratio_w"] < 0.5
+    assert stats["ratio_s"] < 0.5
+    assert stats["cos_w"] > 0.6
+    assert math.isfinite(stats["samples_per_s"]) and stats["samples_per_s"] > 0
+    assert (out / "mappers.safetensors").is_file() and (out / "train_stats.json").is_file()
+
+
+def test_checkpoint_reloads_to_identical_outputs(tiny, trained):
+    generator, clip = tiny
+    out, stats, cfg = trained
+    final = CSLAMappers.load(out / "mappers.safetensors")
+    ckpt_dir = out / "checkpoints" / f"step-{cfg.steps:07d}"
+    ckpt = CSLAMappers.load(ckpt_dir / "mappers.safetensors")
+    for k, v in final.state_dict().items():
+        assert torch.equal(v, ckpt.state_dict()[k]), k
+    state = torch.load(ckpt_dir / "state.pt", weights_only=True)
+    assert state["step"] == cfg.steps
+    card = model_card(out, "someone/csla-tiny")
+    assert "ratio_w" in card and "mappers.safetensors" in card
+    # The reloaded mapper reproduces the held-out error the trainer measured in memory.
+    again = heldout_error(generator, clip, final, n=cfg.eval_samples, seed=cfg.eval_seed,
+                          truncation=cfg.truncation, max_resolution=cfg.max_resolution)
+    assert again["mse_w"] == pytest.approx(stats["mse_w"], rel=1e-5)
+    assert again["mse_s"] == pytest.approx(stats["mse_s"], rel=1e-5)
+
+
+def test_resume_continues_exactly(tiny, tmp_path):
+    generator, clip = tiny
+    small = dict(batch_size=8, pool_size=0, save_every=2, eval_samples=0, hidden_dim=32,
+                 mixing_hidden=8, latent_avg_samples=256, scale_samples=256, centre="temporal",
+                 log_every=1, mix_prob=0.5, clip_consistency=0.1, clip_consistency_batch=2)
+    train(generator, clip, TrainConfig.tiny(steps=4, **small), output_dir=tmp_path / "a")
+    train(generator, clip, TrainConfig.tiny(steps=2, **small), output_dir=tmp_path / "b")
+    stats = train(generator, clip, TrainConfig.tiny(steps=4, **small), output_dir=tmp_path / "b",
+                  resume="latest")
+    assert stats["generated_samples"] == 2 * 8  # only the two remaining steps were sampled
+    assert stats["clip_consistency"] > 0
+    a = CSLAMappers.load(tmp_path / "a" / "mappers.safetensors").state_dict()
+    b = CSLAMappers.load(tmp_path / "b" / "mappers.safetensors").state_dict()
+    for k in a:
+        assert torch.allclose(a[k], b[k], rtol=1e-5, atol=1e-6), k
+
+
+# ---------------------------------------------------------------------- editing
+def test_edit_strength_zero_is_identity(tiny, editor):
+    generator, _ = tiny
+    w = _face(generator, 5)
+    res = editor.edit(w, PROMPT, strength=0.0, n_samples=3)
+    assert res.wplus.shape[0] == 3
+    assert all(torch.equal(code, w[0]) for code in res.wplus)
+    src_styles = generator.styles_from_wplus(w)
+    assert all(torch.equal(a, b.expand_as(a)) for a, b in zip(res.styles, src_styles))
+
+
+def test_edit_seeds_give_distinct_reproducible_directions(tiny, editor):
+    generator, _ = tiny
+    w = _face(generator, 6)
+    a = editor.edit(w, PROMPT, n_samples=4, diversity=0.5, seed=1)
+    b = editor.edit(w, PROMPT, n_samples=4, diversity=0.5, seed=1)
+    c = editor.edit(w, PROMPT, n_samples=4, diversity=0.5, seed=2)
+    assert torch.equal(a.wplus, b.wplus) and torch.equal(a.delta_s, b.delta_s)
+    # Samples within one edit differ from each other ...
+    d = torch.cdist(a.delta_w.flatten(1), a.delta_w.flatten(1))
+    assert d[~torch.eye(4, dtype=torch.bool)].min() > 1e-3
+    # ... and another seed draws other directions (candidate 0, the unperturbed one, aside).
+    dirs_a, dirs_c = F.normalize(a.directions, dim=1), F.normalize(c.directions, dim=1)
+    assert ((dirs_c @ dirs_a.T).max(dim=1).values < 1 - 1e-6).sum() >= 2
+    assert not torch.allclose(a.delta_w, c.delta_w)
+    # The scores are sorted (ranked by CLIP score to the target).
+    assert torch.all(a.clip_scores[:-1] >= a.clip_scores[1:])
+
+
+def test_edit_negative_strength_reverses(tiny, editor):
+    generator, _ = tiny
+    w = _face(generator, 7)
+    plus = editor.edit(w, PROMPT, strength=0.8, n_samples=3, seed=4)
+    minus = editor.edit(w, PROMPT, strength=-0.8, n_samples=3, seed=4)
+    assert torch.allclose(minus.delta_w, -plus.delta_w, atol=1e-5)
+    assert torch.allclose(minus.delta_s, -plus.delta_s, atol=1e-5)
+    assert torch.allclose(minus.wplus - w, w - plus.wplus, atol=1e-5)
+    bigger = editor.edit(w, PROMPT, strength=1.6, n_samples=3, seed=4, rank=False)
+    assert bigger.delta_w.norm() > plus.delta_w.norm()
+
+
+@settings(max_examples=15, deadline=None)
+@given(strength=st.floats(0.05, 3.0), seed=st.integers(0, 10_000))
+def test_edit_is_odd_in_strength(tiny, editor, strength, seed):
+    generator, clip = tiny
+    w = _face(generator, 8)
+    rng = torch.Generator().manual_seed(seed)
+    f = F.normalize(torch.randn(clip.embed_dim, generator=rng), dim=0)
+    kw = dict(n_samples=2, diversity=0.3, seed=seed, image_embedding=f, rank=False)
+    plus = editor.edit(w, PROMPT, strength=strength, **kw)
+    minus = editor.edit(w, PROMPT, strength=-strength, **kw)
+    assert torch.allclose(plus.delta_w, -minus.delta_w, atol=1e-5)
+
+
+def test_image_guided_edit_moves_towards_the_reference(tiny, editor):
+    """Edit face a with the CLIP direction f_b - f_a: the code gets closer to face b's."""
+    generator, clip = tiny
+    la = editor.latent_avg
+    closer = []
+    for seed in range(4):
+        w = _face(generator, 100 + seed, n=2, latent_avg=la)
+        with torch.no_grad():
+            f = clip.encode_images(generator(w, max_resolution=RES))
+        res = editor.edit_with_embeddings(w[:1], f[1], f[0], strength=0.5, n_samples=1,
+                                          diversity=0.0, image_embedding=f[0], rank=False)
+        closer.append(float((res.wplus - w[1:]).pow(2).mean() / (w[:1] - w[1:]).pow(2).mean()))
+    print(f"\nimage-guided edit: squared distance to the reference / before = {closer}")
+    assert sum(closer) / len(closer) < 0.85
+
+
+def test_clip_inversion_beats_the_average_face(tiny, editor):
+    generator, clip = tiny
+    w = _face(generator, 200, n=16, latent_avg=editor.latent_avg)
+    with torch.no_grad():
+        img = generator(w, max_resolution=RES)
+    inv = editor.invert_clip(img)
+    err_inv = (inv - w).pow(2).mean()
+    err_avg = (editor.latent_avg[None] - w).pow(2).mean()
+    assert err_inv < 0.6 * err_avg
+    with torch.no_grad():
+        f, f_inv = clip.encode_images(img), clip.encode_images(generator(inv, max_resolution=RES))
+        f_avg = clip.encode_images(generator(editor.latent_avg[None], max_resolution=RES))
+    assert (f * f_inv).sum(1).mean() > (f @ f_avg[0]).mean()
+
+
+def test_generate_is_seeded_and_prompt_dependent(editor):
+    a = editor.generate(PROMPT, n=3, seed=0)
+    assert torch.equal(a, editor.generate(PROMPT, n=3, seed=0))
+    assert not torch.allclose(a, editor.generate(PROMPT, n=3, seed=1))
+    assert not torch.allclose(a, editor.generate("an old man with a beard", n=3, seed=0))
+    assert not torch.allclose(a, editor.generate(PROMPT, n=3, seed=0, modality_gap=False))
+    assert torch.cdist(a.flatten(1), a.flatten(1))[0, 1:].min() > 1e-3
+
+
+# ---------------------------------------------------------------------- baseline
+def test_optimisation_baseline_raises_clip_similarity(tiny):
+    generator, clip = tiny
+    w = _face(generator, 9)
+    cfg = OptimisationConfig(steps=20, max_resolution=RES)
+    flags = [p.requires_grad for p in generator.parameters()]
+    res = optimise_latent(generator, clip, w, PROMPT, cfg)
+    print(f"\nbaseline CLIP similarity {res.clip_similarity[0]:.4f} -> {res.final_similarity:.4f}")
+    assert len(res.clip_similarity) == 20
+    assert res.final_similarity > res.clip_similarity[0] + 1e-3
+    assert flags == [p.requires_grad for p in generator.parameters()]  # flags restored
+    # The L2 term anchors the code: a heavy weight keeps it closer to the start.
+    tight = optimise_latent(generator, clip, w, PROMPT,
+                            OptimisationConfig(steps=20, max_resolution=RES, l2_weight=5.0))
+    assert (tight.wplus - w).norm() < (res.wplus - w).norm()
+    edit = LatentOptimiser(generator, clip, OptimisationConfig(steps=3, max_resolution=RES))
+    assert torch.equal(edit.edit(w, PROMPT, strength=0.0).wplus, w)
+
+
+# ---------------------------------------------------------------------- metrics
+def test_diversity_metrics():
+    x = torch.tensor([[0.0, 0.0], [3.0, 4.0]])
+    assert mean_pairwise_distance(x) == pytest.approx(5.0)
+    e = F.normalize(torch.randn(4, 8), dim=1)
+    assert clip_diversity(e[:1].expand(4, -1)) == pytest.approx(0.0, abs=1e-6)
+    assert clip_diversity(e) > 0.1
+
+
+def test_evaluate_table(tiny, editor):
+    generator, clip = tiny
+
+    def face_embed(images):  # a stand-in face embedder: the downsampled pixels
+        return F.adaptive_avg_pool2d(images, 4).flatten(1)
+
+    table = evaluate(generator, clip, editor=editor, prompts=[PROMPT], n_images=1, n_samples=3,
+                     baseline=OptimisationConfig(steps=3, max_resolution=RES),
+                     render_resolution=RES, identity_fn=face_embed)
+    csla, base = table.row("CSLA"), table.row("optimisation baseline")
+    assert isinstance(csla["clip_score"], float) and isinstance(base["clip_score"], float)
+    assert isinstance(csla["identity"], float) and -1.0 <= csla["identity"] <= 1.0
+    assert csla["diversity"] > 0 and base["diversity"].startswith("n/a")
+    assert csla["lpips"] == UNAVAILABLE  # lpips is not installed here
+    assert csla["seconds_per_edit"] > 0 and base["seconds_per_edit"] > 0
+    assert "| CSLA |" in table.to_markdown()
+    no_id = evaluate(generator, clip, editor=editor, prompts=[PROMPT], n_images=1, n_samples=2,
+                     render_resolution=RES)
+    assert no_id.row("CSLA")["identity"] == UNAVAILABLE
+
+
+# ---------------------------------------------------------------------- commands
+def test_commands_run_on_tiny_models(trained, tmp_path, capsys):
+    out = trained[0]
+    assert train_command(["--tiny", "--output-dir", str(tmp_path / "t"), "--steps", "2",
+                          "--batch-size", "4", "--pool-size", "0", "--eval-samples", "0",
+                          "--latent-avg-samples", "256", "--scale-samples", "256"]) == 0
+    assert (tmp_path / "t" / "mappers.safetensors").is_file()
+    assert edit_command(["--tiny", "--mappers", str(out), "--prompt", PROMPT, "--n", "2",
+                         "--resolution", "8", "--out", str(tmp_path / "e")]) == 0
+    assert (tmp_path / "e" / "edit.png").is_file()
+    assert generate_command(["--tiny", "--mappers", str(out / "mappers.safetensors"),
+                             "--prompt", PROMPT, "--n", "2", "--resolution", "8",
+                             "--out", str(tmp_path / "g")]) == 0
+    assert (tmp_path / "g" / "generate.png").is_file()
+    assert evaluate_command(["--tiny", "--mappers", str(out), "--prompts", PROMPT,
+                             "--n-images", "1", "--n-samples", "2", "--baseline-steps", "2"]) == 0
+    assert "optimisation baseline" in capsys.readouterr().out
+    # Clear errors, not tracebacks:
+    assert edit_command(["--tiny", "--prompt", PROMPT, "--out", str(tmp_path / "x")]) == 2
+    assert train_command(["--output-dir", str(tmp_path / "y")]) == 2
+    assert edit_command(["--tiny", "--mappers", str(out), "--prompt", " ",
+                         "--out", str(tmp_path / "z")]) == 2
