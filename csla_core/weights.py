@@ -279,13 +279,20 @@ def resolve_many(
     if reason:
         raise missing_weights_error(missing, folder, reason)
     resolved = {}
+    failed: dict[WeightSpec, WeightsError] = {}
     for spec, local in found.items():
         if local is None:
-            resolved[spec] = download(spec)
+            try:
+                resolved[spec] = download(spec)
+            except WeightsError as exc:  # keep going: the message should name every file
+                failed[spec] = exc
             continue
         if not local.chosen_by_user:
             verify_file(local.path, spec)
         resolved[spec] = local.path
+    if failed:
+        first = next(iter(failed.values()))
+        raise missing_weights_error(list(failed), folder, f"download failed: {first}")
     return resolved
 
 

@@ -250,3 +250,23 @@ def test_download_that_arrives_incomplete_is_rejected_not_kept(
     served.write_bytes(content[:5])
     with pytest.raises(WeightsError, match="has 5 bytes, expected 16"):
         weights.download(spec)
+
+
+def test_failed_downloads_are_reported_together(isolated_weights_env, monkeypatch):
+    """No network (or the hub down): one message names every file that could not be fetched."""
+    import huggingface_hub
+
+    def unreachable(*args, **kwargs):
+        raise OSError("Name or service not known")
+
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setattr(weights, "hub_offline", lambda: False)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", unreachable)
+    with pytest.raises(WeightsError) as info:
+        weights.resolve_many(
+            {weights.E4E_FFHQ: None, weights.CLIP_VIT_B32: None}, directory=isolated_weights_env
+        )
+    message = str(info.value)
+    assert "download failed" in message and "Name or service not known" in message
+    assert "e4e_ffhq_encode.pt" in message and "open_clip_vit_b32_openai.safetensors" in message
+    assert str(isolated_weights_env.resolve()) in message
