@@ -57,6 +57,12 @@ def _add_weight_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint-dir", help="folder with weight files (default ./checkpoints)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     parser.add_argument(
+        "--precision",
+        choices=("fp32", "fp16", "bf16"),
+        default="fp32",
+        help="fp16/bf16: reduced-precision inference (GPU), within 2e-2 of fp32",
+    )
+    parser.add_argument(
         "--random-weights",
         action="store_true",
         help="untrained models, no files needed (development only: outputs are noise)",
@@ -115,6 +121,7 @@ def _pipeline_from(args: argparse.Namespace, **options):
         random_weights=args.random_weights,
         checkpoint_dir=args.checkpoint_dir,
         mappers_path=getattr(args, "mappers", None),
+        precision=args.precision,
         **options,
     )
     if pipe.notice:
@@ -238,6 +245,7 @@ def invert_command(argv: list[str] | None = None) -> int:
         random_weights=args.random_weights,
         checkpoint_dir=args.checkpoint_dir,
         with_clip=args.clip,  # e4e inversion needs no CLIP
+        precision=args.precision,
     )
     if pipe.notice:
         print(pipe.notice)

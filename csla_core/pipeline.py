@@ -7,6 +7,7 @@ Nothing is loaded at import; every model is built once, in ``load_pipeline``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ RANDOM_WEIGHTS_NOTICE = (
     "images are noise, not faces. Run `python -m csla_core download` for the real weights."
 )
 ENCODER_INPUT_SIZE = 256
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 # QuickGELU is what OpenAI's CLIP was trained with: plain 'ViT-B-32' (GELU) gives other embeddings.
 CLIP_MODEL_NAME = "ViT-B-32-quickgelu"
 CLIP_TOKENIZER_NAME = "ViT-B-32"
@@ -80,6 +82,9 @@ class CSLAPipeline:
     clip: ClipEmbedder | None = None
     mappers: CSLAMappers | None = None  # None: edits fall back to the optimisation baseline
     baseline_steps: int = 40  # optimisation steps of the fallback editor (StyleCLIP uses ~300)
+    # "fp32" (default, reference numerics), "fp16" (CUDA) or "bf16": reduced precision runs the
+    # generator and encoder under torch.autocast; weights and returned tensors stay float32.
+    precision: str = "fp32"
     face_detector: object | None = None  # created on first use of a photo
     _editor: TextEditor | None = field(default=None, repr=False)
 
@@ -101,6 +106,12 @@ class CSLAPipeline:
             raise ValueError(f"impl must be 'fast' or 'reference', got {value!r}")
         self.generator.default_impl = value
 
+    def autocast(self):
+        """The precision context every model call runs in."""
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=PRECISIONS[self.precision])
+
     @property
     def n_latent(self) -> int:
         return self.generator.n_latent
@@ -117,7 +128,9 @@ class CSLAPipeline:
         if image.ndim != 4 or image.shape[1] != 3:
             raise ValueError(f"expected [B, 3, H, W] in [-1, 1], got {tuple(image.shape)}")
         image = resize_batch(image.to(self.device, torch.float32), ENCODER_INPUT_SIZE)
-        return self.encoder(image) + self.latent_avg
+        with self.autocast():
+            codes = self.encoder(image)
+        return codes.float() + self.latent_avg
 
     @torch.inference_mode()
     def styles(self, wplus: torch.Tensor) -> list[torch.Tensor]:
@@ -133,7 +146,9 @@ class CSLAPipeline:
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         """W / W+ -> images [B, 3, R, R] in the generator's range (nominally [-1, 1])."""
-        return self.generator(wplus.to(self.device), noise_mode, max_resolution, generator)
+        with self.autocast():
+            images = self.generator(wplus.to(self.device), noise_mode, max_resolution, generator)
+        return images.float()
 
     @torch.inference_mode()
     def render_styles(
@@ -143,9 +158,11 @@ class CSLAPipeline:
         max_resolution: int | None = None,
     ) -> torch.Tensor:
         """StyleSpace -> images (for edits made in S)."""
-        return self.generator.synthesize(
-            [s.to(self.device) for s in styles], noise_mode, max_resolution, None
-        )
+        with self.autocast():
+            images = self.generator.synthesize(
+                [s.to(self.device) for s in styles], noise_mode, max_resolution, None
+            )
+        return images.float()
 
     # ------------------------------------------------------------------ text
     def _require_clip(self) -> ClipEmbedder:
@@ -199,7 +216,7 @@ class CSLAPipeline:
         notices = []
         if self.mappers is None:
             return self._baseline_edit(wplus, target_prompt, source_prompt, strength, seed)
-        with torch.inference_mode():
+        with torch.inference_mode(), self.autocast():
             result = self.editor().edit(
                 wplus.to(self.device),
                 target_prompt,
@@ -216,8 +233,8 @@ class CSLAPipeline:
         if result.truncated:
             notices.append(f"The prompt was cut to CLIP's {clip.context_length} tokens.")
         return EditOutput(
-            wplus=result.wplus.cpu(),
-            styles=[st.cpu() for st in result.styles],
+            wplus=result.wplus.float().cpu(),
+            styles=[st.float().cpu() for st in result.styles],
             method=MAPPERS_METHOD,
             notices=notices,
             clip_scores=None if result.clip_scores is None else result.clip_scores.cpu(),
@@ -256,8 +273,8 @@ class CSLAPipeline:
     ) -> EditOutput:
         """Text-to-image: ``n`` W+ codes for a prompt (render them with ``render_edit``)."""
         clip = self._require_clip()
-        with torch.inference_mode():
-            wplus = self.editor().generate(prompt, n=n, seed=seed, diversity=diversity)
+        with torch.inference_mode(), self.autocast():
+            wplus = self.editor().generate(prompt, n=n, seed=seed, diversity=diversity).float()
         notices = []
         if clip.encode_text_with_info([prompt]).any_truncated:
             notices.append(f"The prompt was cut to CLIP's {clip.context_length} tokens.")
@@ -265,8 +282,8 @@ class CSLAPipeline:
 
     def invert_clip(self, image: torch.Tensor) -> torch.Tensor:
         """The paper's CLIP-based (coarse) inversion: [B, 3, H, W] in [-1, 1] -> W+ (CPU)."""
-        with torch.inference_mode():
-            return self.editor().invert_clip(image.to(self.device)).cpu()
+        with torch.inference_mode(), self.autocast():
+            return self.editor().invert_clip(image.to(self.device)).float().cpu()
 
     # ------------------------------------------------------------------ photos
     def _detector(self):
@@ -321,7 +338,9 @@ def _seeded_build(seed: int, build):
 def _frozen(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     module.eval().requires_grad_(False)
     if isinstance(module, Generator):
-        module.default_impl = "fast"
+        # The fast path is a per-sample CPU arrangement; on a GPU the reference path's grouped
+        # convolutions render a batch of samples in one go.
+        module.default_impl = "fast" if device.type == "cpu" else "reference"
     return module.to(device)
 
 
@@ -418,6 +437,7 @@ def load_pipeline(
     allow_download: bool = True,
     size: int = 1024,
     seed: int = 0,
+    precision: str = "fp32",
 ) -> CSLAPipeline:
     """Build the pipeline.
 
@@ -431,8 +451,45 @@ def load_pipeline(
       inversion and rendering need no CLIP).
     Files are found as described in ``csla_core.weights`` (argument, env var, checkpoint folder,
     hub cache, pinned download); when several are missing, one error names them all.
+    ``precision``: "fp32" (default), "fp16" (CUDA) or "bf16" (autocast; within 2e-2 of fp32).
     """
     device = torch.device(device) if device is not None else default_device()
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
+    pipe = _build_pipeline(
+        device,
+        random_weights,
+        checkpoint_dir,
+        e4e_path,
+        stylegan2_path,
+        clip_path,
+        mappers_path,
+        mappers_repo,
+        with_encoder,
+        with_clip,
+        allow_download,
+        size,
+        seed,
+    )
+    pipe.precision = precision
+    return pipe
+
+
+def _build_pipeline(
+    device,
+    random_weights,
+    checkpoint_dir,
+    e4e_path,
+    stylegan2_path,
+    clip_path,
+    mappers_path,
+    mappers_repo,
+    with_encoder,
+    with_clip,
+    allow_download,
+    size,
+    seed,
+) -> CSLAPipeline:
     if random_weights:
         generator, encoder, latent_avg = _random_models(seed, size)
         sources = {"generator": "random", "encoder": "random"}

@@ -23,7 +23,12 @@ def small_pipe():
 def test_random_weights_pipeline_is_full_size_and_says_so(pipe):
     assert pipe.random_weights and pipe.notice == RANDOM_WEIGHTS_NOTICE
     assert "RANDOM-WEIGHTS MODE" in pipe.notice and "download" in pipe.notice
-    assert pipe.sources == {"generator": "random", "encoder": "random", "clip": "random", "mappers": "random"}
+    assert pipe.sources == {
+        "generator": "random",
+        "encoder": "random",
+        "clip": "random",
+        "mappers": "random",
+    }
     assert pipe.clip is not None and pipe.clip.embed_dim == 512
     assert pipe.generator.size == 1024 and pipe.n_latent == 18
     assert sum(pipe.generator.style_dims) == 9088
@@ -190,3 +195,20 @@ def test_fast_path_supports_gradients(small_pipe):
         grads.append(w.grad.clone())
     assert grads[0].abs().sum() > 0
     assert float((grads[1] - grads[0]).norm() / grads[0].norm()) < 1e-4
+
+
+def test_reduced_precision_matches_fp32_within_tolerance():
+    """bf16 autocast (the GPU fp16/bf16 path, exercised here on CPU) stays within 2e-2 of fp32."""
+    fp32 = load_pipeline(random_weights=True, device="cpu", size=64, seed=3, with_clip=False)
+    bf16 = load_pipeline(
+        random_weights=True, device="cpu", size=64, seed=3, with_clip=False, precision="bf16"
+    )
+    w = fp32.generator.mapping(torch.randn(2, 512, generator=torch.Generator().manual_seed(6)))
+    reference, reduced = fp32.render(w), bf16.render(w)
+    assert reduced.dtype == torch.float32
+    assert float((reduced - reference).norm() / reference.norm()) < 2e-2
+    image = torch.rand(1, 3, 256, 256, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    codes, codes_bf16 = fp32.invert_aligned(image), bf16.invert_aligned(image)
+    assert float((codes_bf16 - codes).norm() / codes.norm()) < 2e-2
+    with pytest.raises(ValueError, match="precision"):
+        load_pipeline(random_weights=True, device="cpu", size=32, with_clip=False, precision="fp8")
