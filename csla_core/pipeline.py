@@ -456,40 +456,6 @@ def load_pipeline(
     device = torch.device(device) if device is not None else default_device()
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
-    pipe = _build_pipeline(
-        device,
-        random_weights,
-        checkpoint_dir,
-        e4e_path,
-        stylegan2_path,
-        clip_path,
-        mappers_path,
-        mappers_repo,
-        with_encoder,
-        with_clip,
-        allow_download,
-        size,
-        seed,
-    )
-    pipe.precision = precision
-    return pipe
-
-
-def _build_pipeline(
-    device,
-    random_weights,
-    checkpoint_dir,
-    e4e_path,
-    stylegan2_path,
-    clip_path,
-    mappers_path,
-    mappers_repo,
-    with_encoder,
-    with_clip,
-    allow_download,
-    size,
-    seed,
-) -> CSLAPipeline:
     if random_weights:
         generator, encoder, latent_avg = _random_models(seed, size)
         sources = {"generator": "random", "encoder": "random"}
@@ -507,6 +473,7 @@ def _build_pipeline(
             sources=sources,
             clip=clip,
             mappers=mappers,
+            precision=precision,
         )
 
     folder = weights.checkpoint_dir(checkpoint_dir)
@@ -574,4 +541,5 @@ def _build_pipeline(
         sources=sources,
         clip=clip,
         mappers=mappers,
+        precision=precision,
     )
