@@ -6,27 +6,34 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from conftest import REPO_ROOT
 from PIL import Image
 from skimage import data
 
 pytestmark = pytest.mark.slow
+OFFLINE_MODELS = ("--random-weights", "--device", "cpu")
 
 
-def run(*args: str, cwd) -> subprocess.CompletedProcess:
+def run(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "csla_core", *args],
         capture_output=True,
         text=True,
-        cwd=cwd,
+        cwd=REPO_ROOT,
         timeout=600,
     )
 
 
-def test_help_lists_every_command(tmp_path):
-    result = subprocess.run(
-        [sys.executable, "-m", "csla_core", "--help"], capture_output=True, text=True, cwd=REPO_ROOT
-    )
+@pytest.fixture
+def astronaut(tmp_path):
+    path = tmp_path / "astronaut.png"
+    Image.fromarray(data.astronaut()).save(path)  # public domain, one face, 512 x 512
+    return path
+
+
+def test_help_lists_every_command():
+    result = run("--help")
     assert result.returncode == 0
     for command in (
         "download",
@@ -39,37 +46,36 @@ def test_help_lists_every_command(tmp_path):
         "bench",
     ):
         assert f"  {command} " in result.stdout
-    assert run("frobnicate", cwd=REPO_ROOT).returncode == 2
+    assert run("frobnicate").returncode == 2
 
 
-def test_edit_a_folder_of_photos_keeps_going_past_a_bad_file(tmp_path):
+def test_invert_writes_code_crop_and_reconstructions(astronaut, tmp_path):
+    result = run("invert", str(astronaut), "-o", str(tmp_path / "me"), "--clip", *OFFLINE_MODELS)
+    assert result.returncode == 0, result.stderr
+    assert "RANDOM-WEIGHTS MODE" in result.stdout and "1 face(s) found" in result.stdout
+    code = torch.load(tmp_path / "me.pt", weights_only=True)["wplus"]
+    assert code.shape == (1, 18, 512)
+    for name in ("me_crop.png", "me_reconstruction.png", "me_clip_reconstruction.png"):
+        assert Image.open(tmp_path / name).size == (1024, 1024)
+
+
+def test_edit_a_folder_of_photos_keeps_going_past_a_bad_file(astronaut, tmp_path):
     photos = tmp_path / "photos"
     photos.mkdir()
-    Image.fromarray(data.astronaut()).save(photos / "astronaut.png")
+    astronaut.rename(photos / "astronaut.png")
     (photos / "broken.jpg").write_bytes(b"\xff\xd8\xff not really a jpeg")
     out = tmp_path / "out"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "csla_core",
-            "edit",
-            str(photos),
-            "smiling",
-            "--samples",
-            "2",
-            "--strength",
-            "0.6",
-            "-o",
-            str(out),
-            "--random-weights",
-            "--device",
-            "cpu",
-        ],
-        capture_output=True,
-        text=True,
-        cwd=REPO_ROOT,
-        timeout=600,
+    result = run(
+        "edit",
+        str(photos),
+        "smiling",
+        "--samples",
+        "2",
+        "--strength",
+        "0.6",
+        "-o",
+        str(out),
+        *OFFLINE_MODELS,
     )
     assert result.returncode == 2  # one photo failed, and says why
     assert "broken.jpg" in result.stderr and "not a readable image" in result.stderr
@@ -82,25 +88,8 @@ def test_edit_a_folder_of_photos_keeps_going_past_a_bad_file(tmp_path):
 
 
 def test_generate_writes_the_requested_images(tmp_path):
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "csla_core",
-            "generate",
-            "a woman with red hair",
-            "-n",
-            "2",
-            "-o",
-            str(tmp_path),
-            "--random-weights",
-            "--device",
-            "cpu",
-        ],
-        capture_output=True,
-        text=True,
-        cwd=REPO_ROOT,
-        timeout=600,
+    result = run(
+        "generate", "a woman with red hair", "-n", "2", "-o", str(tmp_path), *OFFLINE_MODELS
     )
     assert result.returncode == 0, result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["generate0.png", "generate1.png"]
@@ -109,7 +98,7 @@ def test_generate_writes_the_requested_images(tmp_path):
 
 def test_tiny_train_then_edit_end_to_end(tmp_path):
     runs = tmp_path / "runs"
-    trained = run("train", "--tiny", "--output-dir", str(runs), "--steps", "40", cwd=REPO_ROOT)
+    trained = run("train", "--tiny", "--output-dir", str(runs), "--steps", "40")
     assert trained.returncode == 0, trained.stderr
     assert (runs / "mappers.safetensors").is_file()
     edited = run(
@@ -123,7 +112,6 @@ def test_tiny_train_then_edit_end_to_end(tmp_path):
         "3",
         "--out",
         str(tmp_path / "out"),
-        cwd=REPO_ROOT,
     )
     assert edited.returncode == 0, edited.stderr
     assert (tmp_path / "out" / "edit.png").is_file()

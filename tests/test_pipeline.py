@@ -148,42 +148,6 @@ def test_invert_a_real_photo_and_paste_back(small_pipe):
     assert small_pipe.paste(inversion, face).size == photo.size
 
 
-def test_command_line_invert_in_random_weights_mode(tmp_path):
-    import subprocess
-    import sys
-
-    from conftest import REPO_ROOT
-    from PIL import Image
-    from skimage import data
-
-    photo = tmp_path / "astronaut.png"
-    Image.fromarray(data.astronaut()).save(photo)
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "csla_core",
-            "invert",
-            str(photo),
-            "-o",
-            str(tmp_path / "me"),
-            "--random-weights",
-            "--device",
-            "cpu",
-        ],
-        capture_output=True,
-        text=True,
-        cwd=REPO_ROOT,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr
-    assert "RANDOM-WEIGHTS MODE" in result.stdout and "1 face(s) found" in result.stdout
-    code = torch.load(tmp_path / "me.pt", weights_only=True)["wplus"]
-    assert code.shape == (1, 18, 512)
-    assert Image.open(tmp_path / "me_reconstruction.png").size == (1024, 1024)
-    assert Image.open(tmp_path / "me_crop.png").size == (1024, 1024)
-
-
 def test_fast_path_supports_gradients(small_pipe):
     """The optimisation baseline and training differentiate through the generator."""
     generator = small_pipe.generator
