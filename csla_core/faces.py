@@ -31,6 +31,7 @@ import torch
 from PIL import Image, ImageFilter, ImageOps
 
 from csla_core.errors import CSLAError, InputImageError, NoFaceError
+from csla_core.imaging import pil_to_tensor
 
 # Largest accepted photo (pixels). Pillow's own decompression-bomb guard is set to the same value so
 # that every Pillow decode in the process agrees; Pillow warns above it and refuses above 2x.
@@ -697,14 +698,7 @@ def _ffhq_pad(work: Image.Image, quad: np.ndarray, qsize: float) -> tuple[Image.
 
 def crop_to_tensor(image: Image.Image, size: int = 256) -> torch.Tensor:
     """Encoder input: [1, 3, size, size] float32 in [-1, 1] (mean 0.5, std 0.5 normalisation)."""
-    rgb = image if image.mode == "RGB" else _to_rgb(image)
-    if rgb.size != (size, size):
-        # Pillow BILINEAR (antialiased) is what torchvision's Resize does on PIL images, i.e. what
-        # the e4e/pSp encoders saw in training.
-        rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)
-    array = np.asarray(rgb, dtype=np.float32)
-    tensor = torch.from_numpy(array.copy()).permute(2, 0, 1).unsqueeze(0)
-    return tensor / 127.5 - 1.0
+    return pil_to_tensor(image if image.mode == "RGB" else _to_rgb(image), size)
 
 
 # --------------------------------------------------------------------------------------------

@@ -25,9 +25,11 @@ def pil_to_tensor(image: Image.Image, size: int | None = None) -> torch.Tensor:
     """PIL image -> [1, 3, H, W] float32 in [-1, 1], optionally resized (antialiased) to size^2."""
     image = image.convert("RGB")
     if size is not None and image.size != (size, size):
-        image = image.resize((size, size), Image.Resampling.LANCZOS)
+        # Pillow BILINEAR (antialiased) is what torchvision's Resize does on PIL images, i.e.
+        # what the e4e/pSp encoders saw in training.
+        image = image.resize((size, size), Image.Resampling.BILINEAR)
     array = np.asarray(image, dtype=np.float32)
-    return torch.from_numpy(array).permute(2, 0, 1)[None] / 127.5 - 1.0
+    return torch.from_numpy(array.copy()).permute(2, 0, 1)[None] / 127.5 - 1.0
 
 
 def resize_batch(images: torch.Tensor, size: int) -> torch.Tensor:
