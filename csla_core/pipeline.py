@@ -20,7 +20,7 @@ from . import weights
 from .e4e import Encoder4Editing, EncoderConfig
 from .errors import CSLAError, WeightsError
 from .imaging import resize_batch, tensor_to_pil
-from .stylegan2 import Generator, GeneratorConfig, Impl, NoiseInjection, NoiseMode
+from .stylegan2 import IMPLS, Generator, GeneratorConfig, Impl, NoiseInjection, NoiseMode
 
 if TYPE_CHECKING:  # faces pulls in facenet-pytorch; import it only when photos are used
     from PIL import Image
@@ -96,14 +96,15 @@ class CSLAPipeline:
 
     @property
     def impl(self) -> Impl:
-        """Synthesis code used by every render: "fast" (default) or "reference" (the same maths;
-        the reference path is tested against the golden data, the fast path against it)."""
+        """Synthesis code used by every render (``stylegan2.Impl``): "fast" (CPU default),
+        "batched" (GPU default) or "reference" (the same maths; the reference path is tested
+        against the golden data, the others against it)."""
         return self.generator.default_impl
 
     @impl.setter
     def impl(self, value: Impl) -> None:
-        if value not in ("fast", "reference"):
-            raise ValueError(f"impl must be 'fast' or 'reference', got {value!r}")
+        if value not in IMPLS:
+            raise ValueError(f"impl must be one of {IMPLS}, got {value!r}")
         self.generator.default_impl = value
 
     def autocast(self):
@@ -338,9 +339,9 @@ def _seeded_build(seed: int, build):
 def _frozen(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     module.eval().requires_grad_(False)
     if isinstance(module, Generator):
-        # The fast path is a per-sample CPU arrangement; on a GPU the reference path's grouped
+        # The fast path is a per-sample CPU arrangement; on a GPU the batched path's grouped
         # convolutions render a batch of samples in one go.
-        module.default_impl = "fast" if device.type == "cpu" else "reference"
+        module.default_impl = "fast" if device.type == "cpu" else "batched"
     return module.to(device)
 
 

@@ -146,7 +146,11 @@ def test_rosinality_checkpoint_loads_generator_only(tmp_path, generator_state, g
     check_image(pipe.render(w), g_golden, "img_z")
 
 
+@pytest.mark.parametrize("impl", ["batched", "fast"])
 @torch.inference_mode()
-def test_fast_path_matches_golden_too(generator, g_golden):
-    # The fast CPU path rearranges the same maths: it must still meet the reference tolerance.
-    check_image(generator(torch.from_numpy(g_golden["wplus"]), impl="fast"), g_golden, "img_wplus")
+def test_faster_paths_match_golden_too(generator, g_golden, impl):
+    # The GPU (batched) and CPU (fast) paths rearrange the same maths: they must still meet the
+    # reference tolerance.
+    wplus = torch.from_numpy(g_golden["wplus"])
+    assert generator.default_impl == "reference"  # what every other test here checks
+    check_image(generator(wplus, impl=impl), g_golden, "img_wplus")

@@ -115,7 +115,7 @@ def test_tensor_to_pil_maps_generator_range_to_pixels():
 
 
 @pytest.mark.parametrize("noise_mode", ["const", "random", "none"])
-def test_fast_path_matches_reference_path(small_pipe, noise_mode):
+def test_faster_paths_match_reference_path(small_pipe, noise_mode):
     generator = small_pipe.generator
     w = generator.mapping(torch.randn(3, 512, generator=torch.Generator().manual_seed(4)))
     with torch.inference_mode():
@@ -123,9 +123,12 @@ def test_fast_path_matches_reference_path(small_pipe, noise_mode):
             ref = generator(
                 w, noise_mode, resolution, torch.Generator().manual_seed(9), "reference"
             )
-            fast = generator(w, noise_mode, resolution, torch.Generator().manual_seed(9), "fast")
-            assert fast.shape == ref.shape
-            assert float((fast - ref).norm() / ref.norm()) < 1e-5
+            for impl in ("batched", "fast"):
+                out = generator(w, noise_mode, resolution, torch.Generator().manual_seed(9), impl)
+                assert out.shape == ref.shape
+                assert float((out - ref).norm() / ref.norm()) < 1e-5, impl
+    with pytest.raises(ValueError, match="impl must be one of"):
+        generator(w, impl="native")
     assert small_pipe.impl == "fast"  # what users get by default
 
 
@@ -153,12 +156,13 @@ def test_fast_path_supports_gradients(small_pipe):
     generator = small_pipe.generator
     w = small_pipe.latent_avg[None].clone().requires_grad_(True)
     grads = []
-    for impl in ("reference", "fast"):
+    for impl in ("reference", "batched", "fast"):
         w.grad = None
         generator(w, impl=impl).square().mean().backward()
         grads.append(w.grad.clone())
     assert grads[0].abs().sum() > 0
-    assert float((grads[1] - grads[0]).norm() / grads[0].norm()) < 1e-4
+    for grad in grads[1:]:
+        assert float((grad - grads[0]).norm() / grads[0].norm()) < 1e-4
 
 
 def test_reduced_precision_matches_fp32_within_tolerance():
