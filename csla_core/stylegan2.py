@@ -37,9 +37,10 @@ from .ops import (
 
 NoiseMode = Literal["const", "random", "none"]
 # How a render is computed (same maths, same result up to float rounding):
-# "reference": the reference implementation's portable path, operation for operation (grouped
-#              modulated convolutions, FIR filters with channels folded into the batch). Tested
-#              against the golden data; the baseline every speed-up is measured against.
+# "reference": computed as the reference implementation's portable (non-CUDA) path does it:
+#              grouped modulated convolutions, FIR filters run on every channel as a separate
+#              one-channel image. Tested against the golden data; the baseline every speed-up is
+#              measured against.
 # "batched":   the same batched layout with depthwise FIR filters: the GPU default.
 # "fast":      per sample, plain convolutions, channels-last, in-place epilogue: the CPU default.
 Impl = Literal["reference", "batched", "fast"]
