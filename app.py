@@ -252,6 +252,8 @@ def build_demo(
         paste_mode,
         cache,
         progress=PROGRESS,
+        resolutions=None,
+        finished=True,
     ):
         cache = session_cache(cache)
         for items, pair, status in service.edit_steps(
@@ -267,8 +269,48 @@ def build_demo(
             paste_mode == "photo",
             progress,
             gr.Warning,
+            resolutions,
+            finished,
         ):
             yield items, pair, status, cache
+
+    def edit_while_dragging(
+        photo,
+        face_index,
+        prompt,
+        source_prompt,
+        strength,
+        samples,
+        diversity,
+        seed,
+        paste_mode,
+        cache,
+    ):
+        """Strength slider moving: a quick preview-size render of the face already inverted (the
+        full size follows on release); nothing when there is no edit to preview yet."""
+        cache = session_cache(cache)
+        ready = (
+            service.pipe is not None
+            and (prompt or "").strip()
+            and service.has_inversion(cache, photo, face_index)
+        )
+        if not ready:
+            yield gr.skip(), gr.skip(), gr.skip(), cache
+            return
+        yield from edit_ui(
+            photo,
+            face_index,
+            prompt,
+            source_prompt,
+            strength,
+            samples,
+            diversity,
+            seed,
+            paste_mode,
+            cache,
+            resolutions=service.resolutions[:1],
+            finished=False,
+        )
 
     def edit_on_release(
         photo,
@@ -283,7 +325,8 @@ def build_demo(
         cache,
         progress=PROGRESS,
     ):
-        """Strength slider released: re-render if there is something to edit, else stay quiet."""
+        """Strength slider released: the full-size render (the drag showed the preview), if there
+        is something to edit, else stay quiet."""
         if not photo or not (prompt or "").strip() or service.pipe is None:
             yield gr.skip(), gr.skip(), gr.skip(), cache
             return
@@ -299,6 +342,7 @@ def build_demo(
             paste_mode,
             cache,
             progress=progress,
+            resolutions=service.resolutions[-1:],
         )
 
     @friendly
@@ -456,7 +500,7 @@ def build_demo(
                     scale=2,
                 )
                 edit_button = gr.Button("Edit", variant="primary", scale=1, elem_id="edit")
-            status = gr.Markdown()
+            status = gr.Markdown(elem_id="status")
             with gr.Row(equal_height=False):
                 gallery = gr.Gallery(
                     label="Results (click one to compare; download at full resolution)",
@@ -533,6 +577,15 @@ def build_demo(
             edit_inputs,
             edit_outputs,
             api_name="edit_photo",
+        )
+        strength.input(
+            edit_while_dragging,
+            edit_inputs,
+            edit_outputs,
+            api_name="edit_preview",
+            api_visibility="undocumented",
+            trigger_mode="always_last",
+            show_progress="hidden",
         )
         strength.release(
             edit_on_release,

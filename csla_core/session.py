@@ -415,6 +415,17 @@ class EditingService:
     def paste(self, inversion: Inversion, image: PIL.Image.Image) -> PIL.Image.Image:
         return self.require().paste(inversion, image)
 
+    def has_inversion(self, cache: SessionCache, photo: str | None, face_index: int | None) -> bool:
+        """Whether this session already holds the face's inversion (checked without any model
+        call: the strength slider previews only what is ready)."""
+        if not photo:
+            return False
+        try:
+            key = (content_hash(photo), int(face_index or 0))
+        except (OSError, TypeError, ValueError):
+            return False
+        return key in cache.items
+
     def inversion(
         self,
         cache: SessionCache,
@@ -494,9 +505,13 @@ class EditingService:
         paste: bool,
         progress: Progress = _no_progress,
         warn: Warn = _no_warning,
+        resolutions: Sequence[int] | None = None,
+        finished: bool = True,
     ) -> Iterator[EditStep]:
-        """Edit the chosen face of ``photo`` towards ``prompt``; yields the preview first, then the
-        full size. ``paste``: results pasted back into the photo, else the aligned crops."""
+        """Edit the chosen face of ``photo`` towards ``prompt``; yields one step per render size in
+        ``resolutions`` (default: the preview first, then the full size). ``paste``: results
+        pasted back into the photo, else the aligned crops. ``finished=False`` labels even the
+        last step a preview (the strength slider is still moving; the final render follows)."""
         self.require()
         prompt = clean_prompt(prompt)
         source_prompt = (source_prompt or "").strip() or None
@@ -522,9 +537,9 @@ class EditingService:
         status = (
             f"**{getattr(edit, 'method', 'edit')}** · {samples} sample(s), strength {strength:+.2f}"
         )
-        resolutions = self.resolutions
+        resolutions = list(resolutions or self.resolutions)
         for step, resolution in enumerate(resolutions):
-            final = step == len(resolutions) - 1
+            last = step == len(resolutions) - 1
             progress(
                 0.4 + 0.5 * step / len(resolutions),
                 desc=f"Rendering {samples} image(s) at {resolution} px",
@@ -534,7 +549,8 @@ class EditingService:
             before = self._before_image(entry, paste, images[0].size)
             cache.before = before  # kept for comparisons with the other results (compare_pair)
             cache.touch()
-            label = "" if final else " — preview, full size on its way…"
+            label = "" if last and finished else " — preview"
+            label += "" if last else ", full size on its way…"
             elapsed = time.perf_counter() - started
             yield EditStep(items, (before, images[0]), f"{status} · {elapsed:.1f} s{label}")
 

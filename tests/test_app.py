@@ -417,5 +417,24 @@ def test_browser_upload_prompt_release_slider_gives_a_gallery(server, browser):
             arg=first_src,
             timeout=30_000,
         )
+        # Dragging the slider (button held down) shows preview-size edits while it moves; the
+        # full size comes on release.
+        status = "document.querySelector('#status').innerText"
+        track.scroll_into_view_if_needed()
+        box = track.bounding_box()
+        y = box["y"] + box["height"] / 2
+        page.mouse.move(box["x"] + box["width"] * 0.75, y)
+        page.mouse.down()
+        page.mouse.move(box["x"] + box["width"] * 0.3, y, steps=8)
+        number = page.locator("#strength input[type=number]")
+        page.wait_for_function("n => parseFloat(n.value) < 0", arg=number.element_handle())
+        dragged = float(number.input_value())
+        page.wait_for_function(
+            f"{status}.includes('strength {dragged:+.2f}') && {status}.includes('preview')",
+            timeout=60_000,
+        )
+        page.mouse.up()
+        page.wait_for_function(f"!{status}.includes('preview')", timeout=150_000)
+        assert f"strength {dragged:+.2f}" in page.locator("#status").inner_text()
     finally:
         page.close()

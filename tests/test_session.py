@@ -266,6 +266,25 @@ def test_edit_steps_preview_then_full_size_pasted_into_the_photo(tmp_path, photo
     assert any("Editing towards “smiling”" in (d or "") for d in progress)
 
 
+def test_slider_drag_previews_only_a_face_already_inverted(tmp_path, photo):
+    """While the strength slider moves, the app renders one preview-size step and only for a
+    face this session has inverted; on release it renders the full size alone."""
+    pipe = FakePipeline(size=1024)
+    service = EditingService(pipe, max_resolution=512, sweep_dir=tmp_path)
+    cache = SessionCache()
+    assert not service.has_inversion(cache, photo, 0)
+    assert not service.has_inversion(cache, None, 0)
+    assert not service.has_inversion(cache, str(tmp_path / "gone.png"), 0)
+    service.inversion(cache, photo, 0)
+    assert service.has_inversion(cache, photo, 0) and not service.has_inversion(cache, photo, 1)
+    args = (cache, photo, 0, "smiling", None, 0.7, 2, 0.5, 1, False)
+    (drag,) = service.edit_steps(*args, resolutions=service.resolutions[:1], finished=False)
+    assert drag.items[0][0].size == (256, 256) and drag.status.endswith(" — preview")
+    (release,) = service.edit_steps(*args, resolutions=service.resolutions[-1:])
+    assert release.items[0][0].size == (512, 512) and "preview" not in release.status
+    assert pipe.calls["invert"] == 1 and pipe.calls["render_edit"] == 2
+
+
 def test_edit_steps_crops_and_the_comparison(tmp_path, photo):
     service = EditingService(FakePipeline(size=64), sweep_dir=tmp_path)
     cache = SessionCache()
