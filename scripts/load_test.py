@@ -3,6 +3,7 @@
     python scripts/load_test.py                          # 8 users for 180 s (CSLA_LOAD_TEST_SECONDS)
     python scripts/load_test.py --seconds 60 --users 4
     python scripts/load_test.py --requests 2             # each user: 1 warm-up + 2 requests
+    python scripts/load_test.py --requests 1 --small-models   # what tests/test_load.py runs
 
 It starts ``python app.py --random-weights --no-download --max-resolution N`` on 127.0.0.1 (a free
 port), or uses ``--url`` (which must be a loopback address). Each simulated user is its own
@@ -127,10 +128,26 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+# ``--small-models``: the app's own build_demo and launch options around a random pipeline with
+# a 64 px generator and a small CLIP (the same code paths, a fraction of the start-up time and
+# compute), for the short form of the test in CI.
+SMALL_MODELS_APP = """
+import sys
+import app
+import csla_core
+pipe = csla_core.load_pipeline(random_weights=True, device="cpu", size=64, tiny_clip=True)
+app.build_demo(pipe, max_resolution=int(sys.argv[1])).launch(**app.launch_options())
+"""
+
+
 def start_app(
-    max_resolution: int = 64, log_path: str | os.PathLike | None = None, timeout_s: float = 180
+    max_resolution: int = 64,
+    log_path: str | os.PathLike | None = None,
+    timeout_s: float = 180,
+    small_models: bool = False,
 ) -> tuple[subprocess.Popen, str]:
-    """``python app.py --random-weights`` on 127.0.0.1; (process, url) once it answers."""
+    """``python app.py --random-weights`` on 127.0.0.1; (process, url) once it answers.
+    ``small_models``: the same app around small random models (SMALL_MODELS_APP)."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("CSLA_")}
     env.update(
@@ -148,6 +165,8 @@ def start_app(
         "--max-resolution",
         str(max_resolution),
     ]
+    if small_models:
+        command = [sys.executable, "-c", SMALL_MODELS_APP, str(max_resolution)]
     log = open(log_path or os.devnull, "wb")  # the child keeps its own copy
     process = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     log.close()
@@ -436,6 +455,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--url", default=None, help="a running app (loopback only)")
     parser.add_argument("--json", default=None, help="also write the figures here")
     parser.add_argument("--timeout", type=float, default=300, help="per request, seconds")
+    parser.add_argument(
+        "--small-models",
+        action="store_true",
+        help="a 64 px generator and a small CLIP instead of the full-size random models",
+    )
     args = parser.parse_args(argv)
     if not 1 <= args.users <= 64:
         parser.error("--users must be 1..64")
@@ -447,7 +471,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if url is None:
             started = time.monotonic()
-            process, url = start_app(args.max_resolution, log_path=work / "app.log")
+            process, url = start_app(
+                args.max_resolution, log_path=work / "app.log", small_models=args.small_models
+            )
             print(
                 f"app ready at {url} after {time.monotonic() - started:.1f} s (log {work}/app.log)"
             )

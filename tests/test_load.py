@@ -9,8 +9,9 @@
 - a load test with ``scripts/load_test.py``: ``python app.py --random-weights`` in a subprocess,
   8 ``gradio_client`` users each with their own photo; zero failures, every result is the user's
   own photo outside the face, the server's resident memory flat after the warm-up. Short by
-  default (each user: one warm-up request + one more); ``CSLA_LOAD_TEST_SECONDS=180`` runs the
-  timed phase for that long instead (``CSLA_LOAD_TEST_USERS`` changes the number of users).
+  default (each user: one warm-up request + one more, the app around small random models);
+  ``CSLA_LOAD_TEST_SECONDS=180`` runs ``python app.py --random-weights`` (full-size random models)
+  with the timed phase that long instead (``CSLA_LOAD_TEST_USERS`` changes the number of users).
 """
 
 from __future__ import annotations
@@ -279,7 +280,10 @@ def test_identical_results_of_concurrent_users_are_served_whole(photo, downloads
 
 def test_load_8_users_get_their_own_results_and_memory_stays_flat(tmp_path):
     photos = load_test.make_photos(tmp_path / "photos", LOAD_USERS)
-    process, url = load_test.start_app(max_resolution=64, log_path=tmp_path / "app.log")
+    # Short form: small random models (the app's own build_demo); long form: python app.py.
+    process, url = load_test.start_app(
+        max_resolution=64, log_path=tmp_path / "app.log", small_models=not LOAD_SECONDS
+    )
     try:
         report = load_test.run_load(
             url,
