@@ -174,13 +174,15 @@ def save_pil_to_cache_atomically(
     """gradio's ``processing_utils.save_pil_to_cache``, but written under a temporary name and
     renamed into place.
 
-    gradio names a result image by its content (``<sha256>/image.png``) and rewrites that file in
-    place every time the same image is produced again. Two users who get identical results (the
-    example photo, the same prompt and seed) then share one file, and one of them can download it
-    while it is being rewritten: a truncated body ("Too little data for declared Content-Length",
-    seen in tests/test_load.py). Renaming a complete file into place gives every reader a whole
-    file; a new inode also restarts the file's age for ``delete_cache``, as rewriting did.
-    (gradio 6.31 already does the same for copied files, in ``save_file_to_cache``.)
+    Why: gradio 6.31 names a result image by its content (``<sha256>/image.png``) and rewrites
+    that file in place (truncate, write) whenever the same image is produced again. Users with
+    identical results (the example photo, same prompt and seed) share the file, and one can be
+    downloading it while another request truncates it: a cut-off image ("Too little data for
+    declared Content-Length", seen in tests/test_load.py). A complete file renamed into place
+    gives every reader a whole file (a new inode also restarts its age for ``delete_cache``).
+    gradio already does this for copied files (``save_file_to_cache``). Handing gradio our own
+    uniquely named files instead would mean a second copy of every result, our own clean-up, and
+    changes to every image-returning handler; this one function is the smaller change.
     """
     data = processing_utils.encode_pil_to_bytes(img, format)
     folder = Path(cache_dir) / processing_utils.hash_bytes(data)
