@@ -26,18 +26,21 @@ import functools
 import inspect
 import logging
 import os
+import tempfile
 import traceback
 from collections.abc import Callable
 from pathlib import Path
 
 import gradio as gr
 import PIL.Image
+from gradio import processing_utils
 
 import csla_core
 from csla_core.errors import CSLAError, InputImageError, NoFaceError, PromptError, WeightsError
 from csla_core.session import (
     SESSION_TTL_S,
     EditingService,
+    InvalidSettingError,
     NoPhotoError,
     compare_pair,
     free_cached_memory,
@@ -60,6 +63,10 @@ EXAMPLE_PROMPTS = [
 MAX_UPLOAD = "25mb"  # gradio refuses larger uploads before any decoding
 GPU_DURATION_S = 60  # ZeroGPU time slot per model call
 EDIT_GPU_DURATION_S = 120  # an edit may fall back to the optimisation baseline (no mappers)
+# Every event that runs a model joins this one queue group, so build_demo's concurrency_limit bounds
+# the model calls of all events together (gradio's limit is otherwise per event).
+MODEL_CONCURRENCY_ID = "csla-models"
+MAX_QUEUE_SIZE = 64  # waiting requests beyond this are refused at once with "Queue is full"
 
 CSS = """
 #csla-notice {border: 2px solid #d97706; background: #fef3c7; color: #78350f;
@@ -115,6 +122,7 @@ def _error_title(exc: CSLAError) -> str:
         (NoPhotoError, "No photo"),
         (InputImageError, "Cannot use this image"),
         (PromptError, "Prompt problem"),
+        (InvalidSettingError, "Invalid setting"),
         (WeightsError, "Model weights missing"),
     ):
         if isinstance(exc, kind):
@@ -153,6 +161,47 @@ def friendly(fn: Callable) -> Callable:
 def zero_gpu(name: str, fn: Callable) -> Callable:
     """``spaces.GPU`` around one model call; an edit may fall back to the (slower) baseline."""
     return spaces.GPU(duration=EDIT_GPU_DURATION_S if name == "edit" else GPU_DURATION_S)(fn)
+
+
+# ---------------------------------------------------------------------------------------------
+# Result images: written atomically into gradio's cache
+# ---------------------------------------------------------------------------------------------
+
+
+def save_pil_to_cache_atomically(
+    img: PIL.Image.Image, cache_dir: str, name: str = "image", format: str = "webp"
+) -> str:
+    """gradio's ``processing_utils.save_pil_to_cache``, but written under a temporary name and
+    renamed into place.
+
+    Why: gradio 6.31 names a result image by its content (``<sha256>/image.png``) and rewrites
+    that file in place (truncate, write) whenever the same image is produced again. Users with
+    identical results (the example photo, same prompt and seed) share the file, and one can be
+    downloading it while another request truncates it: a cut-off image ("Too little data for
+    declared Content-Length", seen in tests/test_load.py). A complete file renamed into place
+    gives every reader a whole file (a new inode also restarts its age for ``delete_cache``).
+    gradio already does this for copied files (``save_file_to_cache``). Handing gradio our own
+    uniquely named files instead would mean a second copy of every result, our own clean-up, and
+    changes to every image-returning handler; this one function is the smaller change.
+    """
+    data = processing_utils.encode_pil_to_bytes(img, format)
+    folder = Path(cache_dir) / processing_utils.hash_bytes(data)
+    folder.mkdir(exist_ok=True, parents=True)
+    target = (folder / f"{name}.{format}").resolve()
+    handle, staging = tempfile.mkstemp(dir=folder, prefix=f".{name}.")
+    try:
+        with os.fdopen(handle, "wb") as out:
+            out.write(data)
+        os.chmod(staging, 0o644)
+        os.replace(staging, target)
+    except BaseException:
+        Path(staging).unlink(missing_ok=True)
+        raise
+    return str(target)
+
+
+# Components look the function up on the module at each call (gallery, image, image slider).
+processing_utils.save_pil_to_cache = save_pil_to_cache_atomically
 
 
 # ---------------------------------------------------------------------------------------------
@@ -210,7 +259,7 @@ def build_demo(
     """The whole app around a loaded pipeline, or around the error that prevented loading it.
 
     ``max_resolution`` caps the rendered size (a power of two; None = the generator's 1024);
-    ``concurrency_limit`` is how many model calls run at once.
+    ``concurrency_limit`` is how many model calls run at once (all events together).
     """
     service = EditingService(
         pipe_or_error, max_resolution=max_resolution, sweep_dir=sweep_dir, wrap_model_call=zero_gpu
@@ -387,6 +436,7 @@ def build_demo(
             seed,
             paste_mode == "photo",
             progress,
+            gr.Warning,
         )
         return name, cache
 
@@ -554,9 +604,19 @@ def build_demo(
 
         # ---- events ---------------------------------------------------------------------
         analysis_outputs = [face_index, faces_image, aligned, reconstruction, cache]
-        photo.change(new_photo, [photo, cache], analysis_outputs, api_name="invert")
+        photo.change(
+            new_photo,
+            [photo, cache],
+            analysis_outputs,
+            api_name="invert",
+            concurrency_id=MODEL_CONCURRENCY_ID,
+        )
         face_index.input(
-            analyse, [photo, face_index, cache], analysis_outputs, api_name="select_face"
+            analyse,
+            [photo, face_index, cache],
+            analysis_outputs,
+            api_name="select_face",
+            concurrency_id=MODEL_CONCURRENCY_ID,
         )
         edit_inputs = [
             photo,
@@ -577,6 +637,7 @@ def build_demo(
             edit_inputs,
             edit_outputs,
             api_name="edit_photo",
+            concurrency_id=MODEL_CONCURRENCY_ID,
         )
         strength.input(
             edit_while_dragging,
@@ -594,6 +655,7 @@ def build_demo(
             api_name="edit_on_release",
             api_visibility="undocumented",
             trigger_mode="always_last",
+            concurrency_id=MODEL_CONCURRENCY_ID,
         )
         api_edit_trigger.click(
             edit_api,
@@ -602,6 +664,7 @@ def build_demo(
             api_name="edit",
             api_description="Edit the largest face of a photo: (image, prompt, strength, seed, "
             "samples) -> the edited photos, pasted back at full resolution.",
+            concurrency_id=MODEL_CONCURRENCY_ID,
         )
         gallery.select(
             compare,
@@ -627,6 +690,7 @@ def build_demo(
             ],
             [sweep_image, cache],
             api_name="sweep",
+            concurrency_id=MODEL_CONCURRENCY_ID,
         )
         gr.on(
             [t2i_button.click, t2i_prompt.submit],
@@ -634,9 +698,10 @@ def build_demo(
             [t2i_prompt, t2i_samples, t2i_seed],
             [t2i_gallery],
             api_name="generate",
+            concurrency_id=MODEL_CONCURRENCY_ID,
         )
 
-    demo.queue(default_concurrency_limit=concurrency_limit, max_size=64)
+    demo.queue(default_concurrency_limit=concurrency_limit, max_size=MAX_QUEUE_SIZE)
     return demo
 
 

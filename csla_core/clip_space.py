@@ -51,6 +51,10 @@ DEFAULT_NEUTRAL_PROMPT = (
     "a face"  # [ours] peers (StyleCLIP global directions, DeltaEdit) use "face"
 )
 _TEXT_CACHE_SIZE = 512
+# open_clip's BPE tokenizer memoises every distinct word it has seen, without a bound: on a public
+# server, prompts of never-seen words (random strings, up to session.MAX_PROMPT_CHARS long) would
+# grow it for ever. Past this many words it is reset to what it held when loaded.
+_TOKENIZER_CACHE_SIZE = 20_000
 
 
 @dataclass(frozen=True)
@@ -104,6 +108,8 @@ class ClipEmbedder(nn.Module):
             getattr(model, "context_length", None) or getattr(self.tokenizer, "context_length", 77)
         )
         self._text_cache: OrderedDict[tuple[str, bool], tuple[torch.Tensor, bool]] = OrderedDict()
+        word_cache = getattr(self.tokenizer, "cache", None)
+        self._initial_words = dict(word_cache) if isinstance(word_cache, dict) else None
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -135,6 +141,15 @@ class ClipEmbedder(nn.Module):
         if not isinstance(prompt, str) or not prompt.strip():
             raise PromptError("the prompt is empty: describe the face or the edit in words")
         return " ".join(prompt.split())
+
+    def _bound_word_cache(self) -> None:
+        """Reset the tokenizer's per-word memo when it holds more than _TOKENIZER_CACHE_SIZE."""
+        word_cache = getattr(self.tokenizer, "cache", None)
+        if self._initial_words is None or not isinstance(word_cache, dict):
+            return
+        if len(word_cache) > _TOKENIZER_CACHE_SIZE:
+            word_cache.clear()
+            word_cache.update(self._initial_words)
 
     def _is_truncated(self, text: str) -> bool:
         encode = getattr(self.tokenizer, "encode", None)
@@ -169,6 +184,7 @@ class ClipEmbedder(nn.Module):
                 self._text_cache[(p, templated)] = (mean[i], trunc)
                 while len(self._text_cache) > _TEXT_CACHE_SIZE:
                     self._text_cache.popitem(last=False)
+            self._bound_word_cache()
         entries = [self._text_cache[(p, templated)] for p in cleaned]
         emb = torch.stack([e[0] for e in entries]).to(self.device)
         return TextEncoding(emb, tuple(e[1] for e in entries))

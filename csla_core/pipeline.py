@@ -380,11 +380,13 @@ def _generator_from_state(state: dict) -> Generator:
     return generator
 
 
-def _random_clip(seed: int, device: torch.device):
+def _random_clip(seed: int, device: torch.device, tiny: bool = False):
     import open_clip
 
-    from .clip_space import ClipEmbedder
+    from .clip_space import ClipEmbedder, build_tiny_clip
 
+    if tiny:
+        return build_tiny_clip(seed + 3, embed_dim=64, image_size=32).to(device)
     model = _seeded_build(seed + 3, lambda: open_clip.create_model(CLIP_MODEL_NAME))
     return ClipEmbedder(model, open_clip.get_tokenizer(CLIP_TOKENIZER_NAME)).to(device)
 
@@ -439,6 +441,7 @@ def load_pipeline(
     size: int = 1024,
     seed: int = 0,
     precision: str = "fp32",
+    tiny_clip: bool = False,
 ) -> CSLAPipeline:
     """Build the pipeline.
 
@@ -453,16 +456,20 @@ def load_pipeline(
     Files are found as described in ``csla_core.weights`` (argument, env var, checkpoint folder,
     hub cache, pinned download); when several are missing, one error names them all.
     ``precision``: "fp32" (default), "fp16" (CUDA) or "bf16" (autocast; within 2e-2 of fp32).
+    ``size`` and ``tiny_clip`` (random weights only): a smaller generator, and a small random CLIP
+    with the real tokenizer instead of ViT-B/32, for fast tests of everything around the models.
     """
     device = torch.device(device) if device is not None else default_device()
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
+    if tiny_clip and not random_weights:
+        raise ValueError("tiny_clip=True is for random_weights=True only")
     if random_weights:
         generator, encoder, latent_avg = _random_models(seed, size)
         sources = {"generator": "random", "encoder": "random"}
         clip = mappers = None
         if with_clip:
-            clip = _random_clip(seed, device)
+            clip = _random_clip(seed, device, tiny=tiny_clip)
             mappers = _random_mappers(seed, generator, clip, latent_avg).to(device)
             sources.update(clip="random", mappers="random")
         return CSLAPipeline(

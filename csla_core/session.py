@@ -22,9 +22,13 @@ desc=...)`` with gr.Progress' signature, ``warn(text)``).
 from __future__ import annotations
 
 import hashlib
+import math
 import os
+import shutil
 import tempfile
 import time
+import unicodedata
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -35,7 +39,7 @@ import PIL.Image
 import torch
 from PIL import ImageDraw
 
-from .errors import InputImageError, PromptError, WeightsError
+from .errors import CSLAError, InputImageError, PromptError, WeightsError
 from .imaging import tensor_to_pil
 
 if TYPE_CHECKING:  # faces pulls in facenet-pytorch; only its types are needed here
@@ -44,6 +48,7 @@ if TYPE_CHECKING:  # faces pulls in facenet-pytorch; only its types are needed h
 
 __all__ = [
     "INVERSIONS_PER_SESSION",
+    "MAX_PROMPT_CHARS",
     "MISSING_PIPELINE_MESSAGE",
     "NO_PHOTO_MESSAGE",
     "PREVIEW_RESOLUTION",
@@ -53,6 +58,7 @@ __all__ = [
     "CachedInversion",
     "EditStep",
     "EditingService",
+    "InvalidSettingError",
     "NoPhotoError",
     "SessionCache",
     "annotate_faces",
@@ -62,8 +68,10 @@ __all__ = [
     "compare_pair",
     "content_hash",
     "face_choices",
+    "finite",
     "free_cached_memory",
     "is_out_of_memory",
+    "optional_prompt",
     "prune_old_files",
     "session_cache",
     "sweep_strengths",
@@ -74,6 +82,10 @@ PREVIEW_RESOLUTION = 256  # a quick first render before the full-size one (when 
 INVERSIONS_PER_SESSION = 3  # cached (photo, face) inversions per browser tab / API client
 SESSION_TTL_S = 1800  # a session's cache is dropped this long after its last use
 SWEEP_DIR_MAX_AGE_S = 3600  # animations older than this are deleted
+# CLIP reads 77 tokens (a few hundred characters); longer prompts are cut to this many characters
+# first, because CLIP's BPE tokenizer takes time growing faster than linearly with a word's length
+# (one 40,000-letter word: 10 s) and would hold the queue.
+MAX_PROMPT_CHARS = 1000
 
 NO_PHOTO_MESSAGE = "Upload a portrait (or pick the example) first."
 MISSING_PIPELINE_MESSAGE = (
@@ -99,6 +111,10 @@ def _no_warning(_text: str) -> None:
 
 class NoPhotoError(InputImageError):
     """An edit or sweep was asked for before any photo was given."""
+
+
+class InvalidSettingError(CSLAError):
+    """A numeric setting (strength, spread) is not a finite number (API callers)."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -177,11 +193,19 @@ def content_hash(path: str | os.PathLike) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
+# How allocators word it: CUDA "out of memory"; torch's CPU allocator "DefaultCPUAllocator: can't
+# allocate memory: you tried to allocate N bytes. Error code 12 (Cannot allocate memory)" (Linux)
+# or "... not enough memory ..." (where malloc returns NULL).
+_OUT_OF_MEMORY_WORDS = ("out of memory", "can't allocate memory", "cannot allocate memory")
+_OUT_OF_MEMORY_WORDS += ("not enough memory",)
+
+
 def is_out_of_memory(exc: BaseException) -> bool:
     """torch's OutOfMemoryError, a RuntimeError saying so (CPU allocators), or MemoryError."""
     if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
         return True
-    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and any(words in text for words in _OUT_OF_MEMORY_WORDS)
 
 
 def free_cached_memory() -> None:
@@ -190,15 +214,54 @@ def free_cached_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def clean_prompt(text: str | None, what: str = "edit prompt") -> str:
-    """The prompt without surrounding blanks; an empty one is a PromptError saying what to type."""
-    text = (text or "").strip()
-    if not text:
+def clean_prompt(text: str | None, what: str = "edit prompt", warn: Warn | None = None) -> str:
+    """The prompt a model can use, or a PromptError saying what to type.
+
+    Control characters become spaces and lone surrogates (which no encoder can send back to a
+    browser) are dropped; runs of white space become one space. A prompt with nothing visible
+    left is empty. Prompts longer than ``MAX_PROMPT_CHARS`` are cut (``warn`` says so).
+    """
+    text = text if isinstance(text, str) else ("" if text is None else str(text))
+    text = "".join(
+        " " if category == "Cc" else "" if category == "Cs" else char
+        for char in text
+        for category in (unicodedata.category(char),)
+    )
+    text = " ".join(text.split())
+    if not any(unicodedata.category(char)[0] not in "CZ" for char in text):
         raise PromptError(
             f"The {what} is empty: type what the face should look like, e.g. “smiling” or "
             "“grey hair”."
         )
+    if len(text) > MAX_PROMPT_CHARS:
+        if warn is not None:
+            warn(
+                f"The {what} is {len(text):,} characters long: only its first "
+                f"{MAX_PROMPT_CHARS:,} are used (CLIP reads at most 77 tokens)."
+            )
+        text = text[:MAX_PROMPT_CHARS].rstrip()
     return text
+
+
+def optional_prompt(text: str | None, warn: Warn | None = None) -> str | None:
+    """An optional prompt (the neutral / source one): cleaned like ``clean_prompt``, or None."""
+    try:
+        return clean_prompt(text, "source prompt", warn)
+    except PromptError:
+        return None
+
+
+def finite(value: Any, what: str, default: float) -> float:
+    """``value`` as a finite float (``default`` when None); InvalidSettingError otherwise."""
+    if value is None:
+        return float(default)
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if not math.isfinite(number):
+        raise InvalidSettingError(f"The {what} must be a finite number, got {value!r}.")
+    return number
 
 
 # ---------------------------------------------------------------------------------------------
@@ -294,6 +357,19 @@ def write_gif(
     return name
 
 
+def _named_by_file(exc: InputImageError, photo: str | os.PathLike) -> InputImageError:
+    """``exc`` with the photo's server-side path replaced by its file name: an upload's path
+    (gradio's cache folder) means nothing to the user and tells them about the server."""
+    path = str(photo)
+    message = str(exc)
+    if path not in message:
+        return exc
+    try:
+        return type(exc)(message.replace(path, Path(path).name))
+    except Exception:  # an error class with another constructor: keep it as it is
+        return exc
+
+
 # ---------------------------------------------------------------------------------------------
 # The service
 # ---------------------------------------------------------------------------------------------
@@ -358,6 +434,8 @@ class EditingService:
         self.default_frames = 5 if on_cpu else 9
         self.sweep_folder = Path(sweep_dir or tempfile.mkdtemp(prefix="csla-sweeps-"))
         self.sweep_folder.mkdir(parents=True, exist_ok=True)
+        if sweep_dir is None:  # our own folder: removed with the service, or at exit at the latest
+            weakref.finalize(self, shutil.rmtree, str(self.sweep_folder), ignore_errors=True)
         wrap = wrap_model_call or (lambda _name, fn: fn)
         self.invert = wrap("invert", self._invert)
         self.render = wrap("render", self._render)
@@ -434,11 +512,22 @@ class EditingService:
         progress: Progress = _no_progress,
     ) -> tuple[CachedInversion, CacheKey]:
         """(cache entry, key): from the session cache or by detecting + inverting now."""
-        key = (content_hash(photo), int(face_index or 0))
+        try:
+            digest = content_hash(photo)
+        except OSError as exc:  # gone from the server's cache (old upload), or not a file
+            raise InputImageError(
+                f"The photo {Path(photo).name!r} can no longer be read on the server "
+                f"({exc.strerror or type(exc).__name__}): upload it again."
+            ) from exc
+        key = (digest, clamp_int(face_index, -(2**31), 2**31 - 1, 0))
         entry = cache.get(key)
         if entry is None:
             progress(0.05, desc="Finding the face and inverting it (e4e)")
-            entry = CachedInversion(self.invert(photo, key[1]))
+            try:
+                inversion = self.invert(photo, key[1])
+            except InputImageError as exc:
+                raise _named_by_file(exc, photo) from exc
+            entry = CachedInversion(inversion)
             cache.put(key, entry)
         return entry, key
 
@@ -513,13 +602,14 @@ class EditingService:
         pasted back into the photo, else the aligned crops. ``finished=False`` labels even the
         last step a preview (the strength slider is still moving; the final render follows)."""
         self.require()
-        prompt = clean_prompt(prompt)
-        source_prompt = (source_prompt or "").strip() or None
+        prompt = clean_prompt(prompt, warn=warn)
+        source_prompt = optional_prompt(source_prompt, warn)
         if not photo:
             raise NoPhotoError(NO_PHOTO_MESSAGE)
         samples = clamp_int(samples, 1, 8, 4)
         seed = clamp_int(seed, 0, 2**31 - 1, 0)
-        strength = float(strength if strength is not None else 1.0)
+        strength = finite(strength, "strength", 1.0)
+        diversity = finite(diversity, "spread (diversity)", 0.5)
         started = time.perf_counter()
         entry, _ = self.inversion(cache, photo, face_index, progress)
         progress(0.3, desc=f"Editing towards “{prompt}”")
@@ -529,7 +619,7 @@ class EditingService:
             source_prompt=source_prompt,
             strength=strength,
             n_samples=samples,
-            diversity=float(diversity),
+            diversity=diversity,
             seed=seed,
         )
         for notice in getattr(edit, "notices", None) or []:
@@ -567,14 +657,18 @@ class EditingService:
         seed: Any,
         paste: bool,
         progress: Progress = _no_progress,
+        warn: Warn = _no_warning,
     ) -> str:
         """A GIF of sample 1 from -max_strength to +max_strength and back; returns its path."""
         self.require()
-        prompt = clean_prompt(prompt)
+        prompt = clean_prompt(prompt, warn=warn)
+        source_prompt = optional_prompt(source_prompt, warn)
         if not photo:
             raise NoPhotoError(NO_PHOTO_MESSAGE)
         frames = clamp_int(frames, 3, 15, self.default_frames)
         seed = clamp_int(seed, 0, 2**31 - 1, 0)
+        max_strength = finite(max_strength, "strength", 1.0)
+        diversity = finite(diversity, "spread (diversity)", 0.5)
         entry, _ = self.inversion(cache, photo, face_index, progress)
         images = []
         for i, strength in enumerate(sweep_strengths(max_strength, frames)):
@@ -582,10 +676,10 @@ class EditingService:
             edit = self.edit_cached(
                 entry,
                 prompt,
-                source_prompt=(source_prompt or "").strip() or None,
+                source_prompt=source_prompt,
                 strength=strength,
                 n_samples=1,
-                diversity=float(diversity),
+                diversity=diversity,
                 seed=seed,
             )
             frame = self.render_edit(edit, self.sweep_resolution)[0]
@@ -607,7 +701,7 @@ class EditingService:
     ) -> Iterator[list[GalleryItem]]:
         """Faces generated from a text prompt; yields the preview first, then the full size."""
         self.require()
-        prompt = clean_prompt(prompt, "text-to-image prompt")
+        prompt = clean_prompt(prompt, "text-to-image prompt", warn)
         samples = clamp_int(samples, 1, 8, 4)
         seed = clamp_int(seed, 0, 2**31 - 1, 0)
         progress(0.1, desc=f"Mapping “{prompt}” into the generator's space")

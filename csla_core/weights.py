@@ -14,9 +14,11 @@ use; checkpoints are read with ``torch.load(weights_only=True)`` (no code execut
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import pickle
 import re
+import struct
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -142,9 +144,37 @@ def sha256_of(path: Path, chunk: int = 1 << 22) -> str:
     return digest.hexdigest()
 
 
+def safetensors_problem(path: Path) -> str | None:
+    """Why ``path`` is not a complete safetensors file (None when it is).
+
+    A safetensors file is an 8-byte header length, a JSON header giving every tensor's byte range,
+    then the data: a file cut short (an interrupted copy) is shorter than its header says.
+    """
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as handle:
+            (length,) = struct.unpack("<Q", handle.read(8))
+            if length > min(size - 8, 100 << 20):
+                return f"its header claims {length:,} bytes but the file has {size:,}"
+            header = json.loads(handle.read(length))
+        ends = [entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"]
+    except (struct.error, ValueError, TypeError, KeyError, IndexError) as exc:
+        return f"its header cannot be read ({type(exc).__name__})"
+    expected = 8 + length + max(ends, default=0)
+    if size != expected:
+        return f"it has {size:,} bytes where its header describes {expected:,}"
+    return None
+
+
 def verify_file(path: Path, spec: WeightSpec) -> None:
-    """Check size and sha256 where the spec knows them; memoised per (path, size, mtime)."""
+    """Check size and sha256 where the spec knows them, and that a safetensors file is whole;
+    memoised per (path, size, mtime)."""
     stat = path.stat()
+    if path.suffix == ".safetensors" and (problem := safetensors_problem(path)):
+        raise WeightsError(
+            f"{path} is incomplete or corrupt ({problem}). Delete it and run "
+            f"`python -m csla_core download --only {spec.key}`."
+        )
     if spec.size is not None and stat.st_size != spec.size:
         raise WeightsError(
             f"{path} has {stat.st_size:,} bytes, expected {spec.size:,} for {spec.filename}: "
@@ -179,12 +209,24 @@ def _from_hub_cache(spec: WeightSpec) -> Path | None:
 def download(spec: WeightSpec, *, force: bool = False, local_dir: Path | None = None) -> Path:
     """Fetch a pinned file from the hub (with huggingface_hub's progress bar), then verify it.
 
-    huggingface_hub writes to a ``.incomplete`` file and renames it only when complete, so an
-    interrupted download never leaves a truncated file that looks finished; the next call
-    resumes it.
+    huggingface_hub writes to a uniquely named ``.incomplete`` file and renames it only when
+    complete, so an interrupted download never leaves a truncated file that looks finished; the
+    next call starts it again. A bad copy (wrong size, hash, or a cut-off safetensors file) is
+    fetched once more from scratch, then reported.
+
+    ``local_dir`` (``download --to DIR``): the file ends up as ``DIR/<spec.filename>``, the name
+    the checkpoint folder is searched for (renamed in the same folder: atomic). A verified file
+    already there is kept.
     """
     if spec.hub is None:
         raise WeightsError(f"{spec.filename} has no pinned download source; provide it by hand.")
+    target = Path(local_dir) / spec.filename if local_dir is not None else None
+    if target is not None and target.is_file() and not force:
+        try:
+            verify_file(target, spec)
+            return target
+        except WeightsError:
+            pass  # incomplete or another file: downloaded again below
     from huggingface_hub import hf_hub_download
 
     def fetch(force_download: bool) -> Path:
@@ -213,6 +255,9 @@ def download(spec: WeightSpec, *, force: bool = False, local_dir: Path | None = 
         # A bad copy in the cache (cut-off transfer, proxy page): fetch it once more from scratch.
         path = fetch(True)
         verify_file(path, spec)
+    if target is not None and path.resolve() != target.resolve():
+        os.replace(path, target)  # the hub's name -> ours, in the same folder
+        path = target
     return path
 
 

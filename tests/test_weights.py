@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -270,3 +272,185 @@ def test_failed_downloads_are_reported_together(isolated_weights_env, monkeypatc
     assert "download failed" in message and "Name or service not known" in message
     assert "e4e_ffhq_encode.pt" in message and "open_clip_vit_b32_openai.safetensors" in message
     assert str(isolated_weights_env.resolve()) in message
+
+
+# ---------------------------------------------------------------------- interrupted downloads
+
+
+class _FakeHub:
+    """A loopback stand-in for the hub's ``/{repo}/resolve/{revision}/{file}`` route (HEAD + GET,
+    with Range). ``cut_at``: the first GET sends that many bytes of a full-length response, says
+    so through ``half_sent`` and then holds the connection until ``release`` (the client is
+    killed meanwhile)."""
+
+    def __init__(self, content: bytes, revision: str, cut_at: int | None = None):
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.content, self.revision, self.cut_at = content, revision, cut_at
+        self.half_sent, self.release = threading.Event(), threading.Event()
+        self.gets: list[str | None] = []  # the Range header of every GET
+        hub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):  # quiet
+                pass
+
+            def _headers(self, start: int) -> None:
+                self.send_response(206 if start else 200)
+                self.send_header("X-Repo-Commit", hub.revision)
+                self.send_header("ETag", f'"{hashlib.sha256(hub.content).hexdigest()}"')
+                self.send_header("Content-Length", str(len(hub.content) - start))
+                self.send_header("Accept-Ranges", "bytes")
+                if start:
+                    end = len(hub.content) - 1
+                    self.send_header("Content-Range", f"bytes {start}-{end}/{len(hub.content)}")
+                self.end_headers()
+
+            def do_HEAD(self):
+                self._headers(0)
+
+            def do_GET(self):
+                if "/resolve/" not in self.path:  # anything else the library asks for
+                    self.send_error(404)
+                    return
+                ranged = self.headers.get("Range")
+                hub.gets.append(ranged)
+                start = int(ranged.split("=")[1].split("-")[0]) if ranged else 0
+                self._headers(start)
+                if hub.cut_at is not None and len(hub.gets) == 1:
+                    self.wfile.write(hub.content[: hub.cut_at])
+                    self.wfile.flush()
+                    hub.half_sent.set()
+                    hub.release.wait(timeout=60)
+                    return
+                self.wfile.write(hub.content[start:])
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.release.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+_DOWNLOAD_SCRIPT = """
+import hashlib, json, sys
+from pathlib import Path
+from csla_core import weights
+content_sha, size, local_dir = sys.argv[1], int(sys.argv[2]), sys.argv[3] or None
+spec = weights.WeightSpec(
+    key="small", filename="ours.safetensors", description="test", env_var="CSLA_TEST_SMALL",
+    hub=weights.HubFile("org/small", "hubs.safetensors", "1" * 40), size=size, sha256=content_sha,
+)
+path = weights.download(spec, local_dir=Path(local_dir) if local_dir else None)
+print(json.dumps({"path": str(path)}))
+"""
+
+
+def _safetensors_bytes(n_floats: int) -> bytes:
+    from safetensors.torch import save
+
+    return save({"w": torch.arange(n_floats, dtype=torch.float32)})
+
+
+@pytest.mark.parametrize("where", ["hub cache", "--to folder"])
+def test_download_killed_half_way_leaves_nothing_that_passes_and_the_next_run_completes(
+    isolated_weights_env, tmp_path, where
+):
+    """The process dies in the middle of a transfer (Ctrl-C, machine stopped): no file is left
+    under a name that is searched for, and the next run fetches the whole file and verifies it."""
+    content = _safetensors_bytes(1 << 20)  # 4 MiB
+    sha = hashlib.sha256(content).hexdigest()
+    folder = isolated_weights_env if where == "--to folder" else None
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "0",
+        "HF_HUB_CACHE": str(tmp_path / "hub-cache"),
+        "HF_HUB_DISABLE_XET": "1",
+        "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+        "HF_HUB_ETAG_TIMEOUT": "30",
+        "HF_HUB_DOWNLOAD_TIMEOUT": "30",
+    }
+    args = [sys.executable, "-c", _DOWNLOAD_SCRIPT, sha, str(len(content)), str(folder or "")]
+
+    def names_searched_for() -> list[Path]:
+        spec = weights.WeightSpec(
+            key="small",
+            filename="ours.safetensors",
+            description="test",
+            env_var="CSLA_TEST_SMALL",
+            hub=weights.HubFile("org/small", "hubs.safetensors", "1" * 40),
+        )
+        found = weights.find_local(spec, directory=isolated_weights_env)
+        complete = [p for p in (tmp_path / "hub-cache").rglob("*") if p.is_file()]
+        complete += [p for p in isolated_weights_env.rglob("*") if p.is_file()]
+        complete = [p for p in complete if p.name in ("ours.safetensors", "hubs.safetensors")]
+        return ([found.path] if found else []) + complete
+
+    with _FakeHub(content, "1" * 40, cut_at=len(content) // 2) as hub:
+        env["HF_ENDPOINT"] = hub.url
+        child = subprocess.Popen(
+            args, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        try:
+            assert hub.half_sent.wait(timeout=120), "the download never started"
+            time.sleep(0.5)  # let the client write what it received
+        finally:
+            child.kill()
+            child.communicate(timeout=60)
+        partial = [p for p in tmp_path.rglob("*.incomplete") if p.is_file()]
+        partial += [p for p in isolated_weights_env.rglob("*.incomplete") if p.is_file()]
+        assert partial and all(p.stat().st_size < len(content) for p in partial)
+        assert names_searched_for() == []  # the half file is nowhere it would be taken from
+        hub.release.set()
+
+        done = subprocess.run(args, cwd=REPO_ROOT, env=env, capture_output=True, timeout=120)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    path = Path(json.loads(done.stdout.decode().strip().splitlines()[-1])["path"])
+    assert path.read_bytes() == content
+    if folder is not None:
+        assert path == folder / "ours.safetensors"  # under the name the folder is searched for
+    assert len(hub.gets) == 2 and hub.gets[1] is None  # the second run started from scratch
+
+
+def test_cut_off_safetensors_file_is_reported_and_fetched_again(
+    isolated_weights_env, monkeypatch
+):
+    """A safetensors file without a pinned hash (CLIP) is still checked for completeness: one cut
+    short (an interrupted copy into the folder) is refused with a message, and re-downloaded."""
+    import huggingface_hub
+
+    content = _safetensors_bytes(1000)
+    spec = weights.WeightSpec(**{**SMALL.__dict__, "filename": "small.safetensors"})
+    cut = isolated_weights_env / "small.safetensors"
+    cut.write_bytes(content[:-100])
+    with pytest.raises(WeightsError, match="incomplete or corrupt .*header describes"):
+        weights.resolve(spec, directory=isolated_weights_env)
+    for garbage in (b"", b"\xff" * 16, b"<html>proxy error</html>"):
+        cut.write_bytes(garbage)
+        with pytest.raises(WeightsError, match="incomplete or corrupt"):
+            weights.resolve(spec, directory=isolated_weights_env)
+    # `download --to` over a cut-off file fetches it again (the hub copy is renamed into place).
+    cut.write_bytes(content[:-100])
+    served = []
+
+    def fake_download(repo_id, filename, revision=None, force_download=False, local_dir=None):
+        served.append(filename)
+        path = Path(local_dir) / filename
+        path.write_bytes(content)
+        return str(path)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    assert weights.download(spec, local_dir=isolated_weights_env) == cut
+    assert cut.read_bytes() == content and served == ["small.pt"]
+    assert not (isolated_weights_env / "small.pt").exists()
+    # ... and a whole one is kept without a download
+    assert weights.download(spec, local_dir=isolated_weights_env) == cut and len(served) == 1
