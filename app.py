@@ -647,6 +647,7 @@ def build_demo(
             api_visibility="undocumented",
             trigger_mode="always_last",
             show_progress="hidden",
+            concurrency_id=MODEL_CONCURRENCY_ID,  # one queue: a preview never lands after release
         )
         strength.release(
             edit_on_release,

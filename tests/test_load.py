@@ -38,7 +38,7 @@ import load_test  # noqa: E402
 import app  # noqa: E402
 
 MODEL_EVENTS = {"invert", "select_face", "edit_photo", "edit_on_release", "edit", "sweep"}
-MODEL_EVENTS |= {"generate"}
+MODEL_EVENTS |= {"generate", "edit_preview"}
 LOAD_SECONDS = float(os.environ.get("CSLA_LOAD_TEST_SECONDS") or 0)
 LOAD_USERS = int(os.environ.get("CSLA_LOAD_TEST_USERS") or 8)
 # Allowed growth of the server's RSS from the end of the warm-up to the end of the run.
