@@ -34,6 +34,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "train_command",
         "data-free CSLA mapper training (--tiny: CPU demo)",
     ),
+    "ablate": (
+        "csla_core.ablation",
+        "ablate_command",
+        "train one mapper per centre strategy / mixing mode and compare them",
+    ),
     "evaluate": (
         "csla_core.metrics",
         "evaluate_command",

@@ -153,8 +153,8 @@ class TextEditor:
             u[0] = 0.0
         return F.normalize(t[None] + radius * u, dim=-1)
 
-    def _latent_steps(self, x0: torch.Tensor, dx: torch.Tensor) -> MappedResiduals:
-        """Latent change for standardised CLIP steps dx [n, D] at anchor x0 [1, D]."""
+    def latent_steps(self, x0: torch.Tensor, dx: torch.Tensor) -> MappedResiduals:
+        """Latent change for standardised CLIP steps dx [n, D] at anchor(s) x0 [1 or n, D]."""
         if self.difference == "central":
             both = self._map(torch.cat([x0 + dx, x0 - dx]))
             n = len(dx)
@@ -241,7 +241,7 @@ class TextEditor:
         steps = abs(float(strength)) * (targets - s[None])  # CLIP-space steps, [n_cand, D]
         f_img = image_embedding if image_embedding is not None else self.image_embedding(wplus)
         x0 = self.mappers.centre.standardise(f_img.to(self.device).reshape(1, -1))
-        res = self._latent_steps(x0, self.mappers.centre.standardise_delta(steps))
+        res = self.latent_steps(x0, self.mappers.centre.standardise_delta(steps))
 
         scores = None
         order = torch.arange(n_cand, device=self.device)
