@@ -2,7 +2,8 @@
 
 [ours] ``python -m csla_core ablate`` trains one mapper per variant with ``train.train``, all
 from the same seed, steps and data (the sampling seeds depend only on ``TrainConfig.seed``), and
-scores every variant on the same held-out samples:
+scores every variant on the same held-out samples (the rendered replay pool is shared too, so
+variants differ only in what is ablated):
 - ``ratio_w`` / ``ratio_s``: held-out W+ / S residual error over the trivial predictor's
   (``train.heldout_error``; 1 = no better than guessing the average latent);
 - ``edit_ratio``: image-guided edit accuracy, the figure editing depends on. For held-out
@@ -36,6 +37,7 @@ from .mappers import CENTRE_STRATEGIES, MIXING_MODES, CSLAMappers
 from .stylegan2 import Generator
 from .train import (
     LoadModels,
+    SampleCache,
     Samples,
     TrainConfig,
     add_model_args,
@@ -148,12 +150,14 @@ def run_ablation(generator: Generator, clip: ClipEmbedder, variants: Sequence[di
     """Train every variant (base config + its overrides) and score it; one row per variant."""
     output_dir = Path(output_dir)
     heldout: dict[tuple, Samples] = {}
+    renders: SampleCache = {}  # variants sampling alike render their pool once
     rows = []
     for override in variants:
         cfg = TrainConfig(**{**asdict(base), **override, "eval_samples": 0})
         name = variant_name(override)
         t0 = time.perf_counter()
-        train(generator, clip, cfg, output_dir=output_dir / name.replace("=", "-"))
+        train(generator, clip, cfg, output_dir=output_dir / name.replace("=", "-"),
+              sample_cache=renders)
         seconds = time.perf_counter() - t0
         mappers = CSLAMappers.load(output_dir / name.replace("=", "-") / "mappers.safetensors",
                                    device=generator.input.input.device)

@@ -13,7 +13,8 @@ from csla_core.errors import CSLAError
 from csla_core.train import TrainConfig, build_tiny_models
 
 # A few steps of a very small run: enough to exercise every stage, not to learn anything.
-SMALL = {"batch_size": 4, "pool_size": 0, "latent_avg_samples": 64, "scale_samples": 64,
+# The pool makes the second variant of the command reuse the first one's renders.
+SMALL = {"batch_size": 4, "pool_size": 8, "latent_avg_samples": 64, "scale_samples": 64,
          "hidden_dim": 32, "mixing_hidden": 8, "steps": 2}
 
 
