@@ -56,3 +56,18 @@ def test_zero_target_needs_no_render_and_strength_parsing():
     assert parse_strength("-0.5") == -0.5
     with pytest.raises(ValueError):
         parse_strength("strong")
+
+
+def test_photo_edit_command_accepts_auto_strength(tmp_path, capsys):
+    from csla_core import cli
+
+    missing = str(tmp_path / "missing.jpg")
+    # "auto" parses (the command then stops at the missing photo, before loading any model) ...
+    assert cli.main(["edit", missing, "smiling", "--strength", "auto",
+                     "--target-clip-gain", "0.03"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    # ... while a word that is not a strength is refused by the parser.
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["edit", missing, "smiling", "--strength", "strong"])
+    assert exc.value.code == 2
+    assert "strength" in capsys.readouterr().err
