@@ -301,6 +301,7 @@ class CSLAPipeline:
             styles=None,
             method=BASELINE_METHOD,
             notices=notices,
+            strength=float(strength),
         )
 
     @torch.inference_mode()
