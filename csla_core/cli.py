@@ -34,6 +34,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "train_command",
         "data-free CSLA mapper training (--tiny: CPU demo)",
     ),
+    "ablate": (
+        "csla_core.ablation",
+        "ablate_command",
+        "train one mapper per centre strategy / mixing mode and compare them",
+    ),
     "evaluate": (
         "csla_core.metrics",
         "evaluate_command",
@@ -130,6 +135,8 @@ def _pipeline_from(args: argparse.Namespace, **options):
 
 
 def edit_command(argv: list[str] | None = None) -> int:
+    from .auto_strength import DEFAULT_TARGET_CLIP_GAIN, parse_strength
+
     parser = argparse.ArgumentParser(
         prog="python -m csla_core edit",
         description="Edit the face in a photo (or every photo in a folder) towards a text prompt; "
@@ -138,7 +145,18 @@ def edit_command(argv: list[str] | None = None) -> int:
     parser.add_argument("photo", help="a photo, or a folder of photos")
     parser.add_argument("prompt", help='the edit, e.g. "smiling" or "grey hair"')
     parser.add_argument("--source-prompt", default=None, help='neutral text (default "a face")')
-    parser.add_argument("--strength", type=float, default=1.0, help="0 = unchanged, < 0 reverses")
+    parser.add_argument(
+        "--strength",
+        type=parse_strength,
+        default=1.0,
+        help="0 = unchanged, < 0 reverses; 'auto': the strength reaching --target-clip-gain",
+    )
+    parser.add_argument(
+        "--target-clip-gain",
+        type=float,
+        default=DEFAULT_TARGET_CLIP_GAIN,
+        help="CLIP-similarity gain --strength auto aims for (default %(default)s)",
+    )
     parser.add_argument("--samples", type=int, default=4, help="different edits per photo")
     parser.add_argument(
         "--diversity", type=float, default=0.5, help="how different the samples are"
@@ -174,9 +192,12 @@ def edit_command(argv: list[str] | None = None) -> int:
                 n_samples=args.samples,
                 diversity=args.diversity,
                 seed=args.seed,
+                target_clip_gain=args.target_clip_gain,
             )
             for notice in result.notices:
                 print(f"note: {notice}")
+            if result.strength_search is not None and result.strength_search.reached:
+                print(f"{photo}: {result.strength_search.describe()}")
             faces = tensor_to_pil(pipe.render_edit(result))
             for k, face in enumerate(faces):
                 picture = face if args.crop else pipe.paste(inversion, face)

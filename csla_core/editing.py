@@ -45,6 +45,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from .auto_strength import AUTO, DEFAULT_TARGET_CLIP_GAIN, calibrate_prompt_strength, parse_strength
 from .clip_space import ClipEmbedder
 from .errors import CSLAError, WeightsError
 from .mappers import CSLAMappers, MappedResiduals, generator_styles_fn, split_styles
@@ -153,8 +154,8 @@ class TextEditor:
             u[0] = 0.0
         return F.normalize(t[None] + radius * u, dim=-1)
 
-    def _latent_steps(self, x0: torch.Tensor, dx: torch.Tensor) -> MappedResiduals:
-        """Latent change for standardised CLIP steps dx [n, D] at anchor x0 [1, D]."""
+    def latent_steps(self, x0: torch.Tensor, dx: torch.Tensor) -> MappedResiduals:
+        """Latent change for standardised CLIP steps dx [n, D] at anchor(s) x0 [1 or n, D]."""
         if self.difference == "central":
             both = self._map(torch.cat([x0 + dx, x0 - dx]))
             n = len(dx)
@@ -241,7 +242,7 @@ class TextEditor:
         steps = abs(float(strength)) * (targets - s[None])  # CLIP-space steps, [n_cand, D]
         f_img = image_embedding if image_embedding is not None else self.image_embedding(wplus)
         x0 = self.mappers.centre.standardise(f_img.to(self.device).reshape(1, -1))
-        res = self._latent_steps(x0, self.mappers.centre.standardise_delta(steps))
+        res = self.latent_steps(x0, self.mappers.centre.standardise_delta(steps))
 
         scores = None
         order = torch.arange(n_cand, device=self.device)
@@ -336,7 +337,8 @@ def _common_parser(prog: str, description: str) -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=4, help="number of samples")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--diversity", type=float, default=0.5)
-    p.add_argument("--strength", type=float, default=1.0)
+    p.add_argument("--strength", type=parse_strength, default=1.0,
+                   help="a number, or 'auto' (edit-latent: reach --target-clip-gain)")
     p.add_argument("--resolution", type=int, default=None, help="output render size")
     p.add_argument("--out", type=Path, default=Path("outputs"))
     return p
@@ -367,6 +369,8 @@ def edit_command(argv: Sequence[str] | None = None, load_models: object = None) 
     p.add_argument("--source-seed", type=int, default=0, help="random face when no --latent")
     p.add_argument("--method", choices=("csla", "optimise"), default="csla")
     p.add_argument("--steps", type=int, default=300, help="optimisation steps (--method optimise)")
+    p.add_argument("--target-clip-gain", type=float, default=DEFAULT_TARGET_CLIP_GAIN,
+                   help="CLIP-similarity gain --strength auto aims for (default %(default)s)")
     args = p.parse_args(argv)
     try:
         from safetensors.torch import save_file
@@ -381,23 +385,38 @@ def edit_command(argv: Sequence[str] | None = None, load_models: object = None) 
                 rng = torch.Generator().manual_seed(args.source_seed)
                 z = torch.randn(1, generator.style_dim, generator=rng)
                 wplus = generator.to_wplus(generator.mapping(z))
+        search = None
         if args.method == "optimise":
             from .baselines import LatentOptimiser, OptimisationConfig
 
+            if args.strength == AUTO:
+                raise CSLAError("--strength auto needs the CSLA mappers (--method csla)")
             cfg = OptimisationConfig(steps=args.steps, max_resolution=8 if args.tiny else 256)
             result = LatentOptimiser(generator, clip, cfg).edit(
                 wplus, args.prompt, strength=args.strength)
         else:
-            result = _editor(args, generator, clip).edit(
-                wplus, args.prompt, args.source_prompt, strength=args.strength,
+            editor = _editor(args, generator, clip)
+            strength = args.strength
+            if strength == AUTO:
+                search = calibrate_prompt_strength(editor, wplus, args.prompt, args.source_prompt,
+                                                   target_gain=args.target_clip_gain)
+                strength = search.strength
+            result = editor.edit(
+                wplus, args.prompt, args.source_prompt, strength=strength,
                 n_samples=args.n, diversity=args.diversity, seed=args.seed)
         with torch.no_grad():
             images = generator(torch.cat([wplus, result.wplus]), max_resolution=args.resolution)
         _save_grid(images, args.out / "edit.png", nrow=len(images))
         save_file({"source": wplus.contiguous().cpu(), "wplus": result.wplus.contiguous().cpu()},
                   str(args.out / "edit_latents.safetensors"))
-        print(json.dumps({"out": str(args.out / "edit.png"), "n": len(result.wplus),
-                          "truncated_prompt": result.truncated}))
+        report = {"out": str(args.out / "edit.png"), "n": len(result.wplus),
+                  "truncated_prompt": result.truncated, "strength": result.strength}
+        if search is not None:
+            report.update(target_clip_gain=search.target_gain, clip_gain=search.gain,
+                          target_reached=search.reached, strength_renders=search.renders)
+            if not search.reached:
+                print(f"note: {search.describe()}", file=sys.stderr)
+        print(json.dumps(report))
     except CSLAError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -413,6 +432,8 @@ def generate_command(argv: Sequence[str] | None = None, load_models: object = No
     try:
         from safetensors.torch import save_file
 
+        if args.strength == AUTO:
+            raise CSLAError("--strength auto is for edits; give generate a number")
         generator, clip = _setup(args, load_models)
         editor = _editor(args, generator, clip)
         wplus = editor.generate(args.prompt, n=args.n, seed=args.seed, diversity=args.diversity,

@@ -6,10 +6,12 @@ plausible edits, identity kept, fast):
 - ``clip_score``: cosine between the CLIP embedding of the edited render and the target text
   (template-averaged); ``clip_gain``: the same minus the unedited render's score.
 - ``identity``: cosine of face embeddings of the unedited and the edited render, from an
-  injected face-embedding callable (e.g. facenet-pytorch ``InceptionResnetV1`` with local
-  weights, ``facenet_identity``); "unavailable" without one.
+  injected face-embedding callable (``identity.load_face_embedder``: a MobileFaceNet
+  checkpoint or a facenet-pytorch ``InceptionResnetV1`` state dict, local files);
+  "unavailable" without one.
 - ``lpips``: perceptual distance to the unedited render, only if the ``lpips`` package and its
-  backbone weights are present locally (nothing is downloaded); else "unavailable".
+  backbone weights are present locally (nothing is downloaded); else "unavailable"
+  (``lpips_unavailable_reason``: the backbone comes from download.pytorch.org).
 - ``diversity``: mean pairwise (1 - cosine) of the CLIP image embeddings of the samples of one
   edit (0 = all samples look the same to CLIP); the baseline yields one sample: "n/a".
 - ``seconds_per_edit``: wall time of one edit call (CSLA: all its samples together).
@@ -31,7 +33,8 @@ import torch.nn.functional as F
 from .baselines import OptimisationConfig, optimise_latent
 from .clip_space import ClipEmbedder
 from .editing import TextEditor
-from .errors import CSLAError, WeightsError
+from .errors import CSLAError
+from .identity import load_face_embedder
 from .stylegan2 import Generator
 
 UNAVAILABLE = "unavailable"
@@ -59,47 +62,37 @@ def identity_similarity(face_embedder: FaceEmbedder | None, images_a: torch.Tens
     return (ea * eb).sum(dim=1)
 
 
-def facenet_identity(weights_path: str | Path, device: str | torch.device = "cpu") -> FaceEmbedder:
-    """facenet-pytorch ``InceptionResnetV1`` from a *local* state dict (no download).
+LPIPS_BACKBONES = {"alex": "alexnet-owt-7be5be79.pth", "vgg": "vgg16-397923af.pth"}
 
-    [ours] Images are resized whole to 160 px (generator outputs are already aligned faces);
-    facenet's input range (x - 127.5) / 128 is about [-1, 1], our range.
+
+def lpips_unavailable_reason(net: str = "alex") -> str | None:
+    """Why LPIPS cannot run offline here, or None when it can.
+
+    The ``lpips`` wheel (PyPI) ships its linear calibration heads, but its backbone is
+    torchvision's ImageNet network, which torchvision fetches from download.pytorch.org; it is
+    used only when already in torch's hub cache.
     """
     try:
-        from facenet_pytorch import InceptionResnetV1
-    except ImportError as exc:
-        raise WeightsError("facenet-pytorch is not installed") from exc
-    path = Path(weights_path)
-    if not path.is_file():
-        raise WeightsError(f"no face-recognition weights at {path}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        state = load_file(str(path))
-    else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    net = InceptionResnetV1(pretrained=None, classify=False)
-    net.load_state_dict(state, strict=False)
-    net = net.eval().to(device)
-
-    def embed(images: torch.Tensor) -> torch.Tensor:
-        x = F.interpolate(images.float().to(device), size=(160, 160), mode="bilinear",
-                          align_corners=False, antialias=True)
-        return net(x)
-
-    return embed
+        import lpips  # type: ignore[import-not-found]  # noqa: F401
+    except ImportError:
+        return "the lpips package is not installed (pip install lpips)"
+    backbone = LPIPS_BACKBONES.get(net)
+    if backbone is None:
+        return f"unknown LPIPS backbone {net!r} (alex or vgg)"
+    ckpt_dir = Path(torch.hub.get_dir()) / "checkpoints"
+    if not (ckpt_dir / backbone).is_file():
+        return (f"its {net} backbone weights ({backbone}, from download.pytorch.org) are not in "
+                f"{ckpt_dir}")
+    return None
 
 
 def load_lpips(net: str = "alex") -> PairMetric | None:
-    """LPIPS distance if the ``lpips`` package and its backbone weights are local; else None."""
-    try:
-        import lpips  # type: ignore[import-not-found]
-    except ImportError:
-        return None
-    backbone = {"alex": "alexnet-owt-7be5be79.pth", "vgg": "vgg16-397923af.pth"}.get(net)
-    ckpt_dir = Path(torch.hub.get_dir()) / "checkpoints"
-    if backbone is None or not (ckpt_dir / backbone).is_file():
+    """LPIPS distance if the ``lpips`` package and its backbone weights are local; else None
+    (``lpips_unavailable_reason`` says why)."""
+    if lpips_unavailable_reason(net) is not None:
         return None  # constructing it would try to download the backbone
+    import lpips  # type: ignore[import-not-found]
+
     model = lpips.LPIPS(net=net, verbose=False).eval()
 
     @torch.no_grad()
@@ -276,7 +269,8 @@ def evaluate_command(argv: Sequence[str] | None = None, load_models: object = No
     p.add_argument("--resolution", type=int, default=None,
                    help="render size for scoring (default 8 with --tiny, else 256)")
     p.add_argument("--identity-weights", type=Path, default=None,
-                   help="facenet InceptionResnetV1 state dict for identity similarity")
+                   help="face-recognition weights for identity similarity: a MobileFaceNet "
+                   "checkpoint or a facenet-pytorch InceptionResnetV1 state dict")
     p.add_argument("--output", type=Path, default=None, help="also write the table as JSON")
     args = p.parse_args(argv)
     try:
@@ -288,12 +282,15 @@ def evaluate_command(argv: Sequence[str] | None = None, load_models: object = No
                                 render_resolution=res)
         baseline = (OptimisationConfig(steps=args.baseline_steps, max_resolution=res)
                     if args.baseline_steps > 0 else None)
-        identity = facenet_identity(args.identity_weights) if args.identity_weights else None
+        identity = load_face_embedder(args.identity_weights) if args.identity_weights else None
+        lpips_fn = load_lpips()
+        if lpips_fn is None:
+            print(f"note: LPIPS unavailable: {lpips_unavailable_reason()}")
         table = evaluate(generator, clip, editor=editor, prompts=args.prompts,
                          n_images=args.n_images, n_samples=args.n_samples,
                          strength=args.strength, diversity=args.diversity, seed=args.seed,
                          baseline=baseline, render_resolution=res, identity_fn=identity,
-                         lpips_fn=load_lpips())
+                         lpips_fn=lpips_fn)
         print(table.to_markdown())
         if args.output is not None:
             args.output.parent.mkdir(parents=True, exist_ok=True)

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from . import weights
+from .auto_strength import AUTO, DEFAULT_TARGET_CLIP_GAIN, StrengthSearch
 from .e4e import Encoder4Editing, EncoderConfig
 from .errors import CSLAError, WeightsError
 from .imaging import resize_batch, tensor_to_pil
@@ -65,6 +66,8 @@ class EditOutput:
     method: str  # "CSLA mappers" or "optimisation baseline (slower)"
     notices: list[str] = field(default_factory=list)  # things the user should be told
     clip_scores: torch.Tensor | None = None  # [n] CLIP similarity to the target, when ranked
+    strength: float | None = None  # the strength used (the chosen one with strength="auto")
+    strength_search: StrengthSearch | None = None  # how "auto" chose it (target, gain, renders)
 
 
 MAPPERS_METHOD = "CSLA mappers"
@@ -198,16 +201,22 @@ class CSLAPipeline:
         target_prompt: str,
         *,
         source_prompt: str | None = None,
-        strength: float = 1.0,
+        strength: float | str = 1.0,
         n_samples: int = 4,
         diversity: float = 0.5,
         seed: int = 0,
         image_embedding: torch.Tensor | None = None,
         rank: bool = False,
+        target_clip_gain: float = DEFAULT_TARGET_CLIP_GAIN,
     ) -> EditOutput:
         """``n_samples`` different edits of one code [1, n_latent, 512] towards the prompt.
 
         Strength 0 returns the input unchanged; a negative strength reverses the edit.
+        ``strength="auto"`` picks, for the edit as a whole, the strength at which the
+        unperturbed edit raises the CLIP similarity to the prompt by ``target_clip_gain``
+        (default 0.04), measured on 256 px renders in at most 8 renders (see
+        ``csla_core.auto_strength``); ``EditOutput.strength`` and ``strength_search`` report it,
+        and a notice says when the target is out of reach within strength +-3.
         Pass ``image_embedding`` (from ``image_embedding(wplus)``) to skip re-rendering the
         input on every slider move. ``rank=True`` draws twice as many candidates and keeps the
         ones CLIP scores highest (slower; and the kept set may change with the strength, so the
@@ -215,6 +224,20 @@ class CSLAPipeline:
         """
         clip = self._require_clip()
         notices = []
+        search = None
+        if isinstance(strength, str):
+            if strength != AUTO:
+                raise ValueError(f"strength must be a number or {AUTO!r}, got {strength!r}")
+            if self.mappers is None:
+                raise CSLAError(
+                    "strength 'auto' needs trained CSLA mappers; give a number instead."
+                )
+            search = self._auto_strength(
+                wplus, target_prompt, source_prompt, image_embedding, target_clip_gain
+            )
+            strength = search.strength
+            if not search.reached:
+                notices.append(search.describe())
         if self.mappers is None:
             return self._baseline_edit(wplus, target_prompt, source_prompt, strength, seed)
         with torch.inference_mode(), self.autocast():
@@ -239,7 +262,26 @@ class CSLAPipeline:
             method=MAPPERS_METHOD,
             notices=notices,
             clip_scores=None if result.clip_scores is None else result.clip_scores.cpu(),
+            strength=float(strength),
+            strength_search=search,
         )
+
+    def _auto_strength(
+        self, wplus, target_prompt, source_prompt, image_embedding, target_gain
+    ) -> StrengthSearch:
+        from .auto_strength import calibrate_prompt_strength
+
+        with torch.inference_mode(), self.autocast():
+            return calibrate_prompt_strength(
+                self.editor(),
+                wplus.to(self.device),
+                target_prompt,
+                source_prompt,
+                target_gain=target_gain,
+                image_embedding=None
+                if image_embedding is None
+                else image_embedding.to(self.device),
+            )
 
     def _baseline_edit(self, wplus, target_prompt, source_prompt, strength, seed) -> EditOutput:
         from .baselines import LatentOptimiser, OptimisationConfig
@@ -260,6 +302,7 @@ class CSLAPipeline:
             styles=None,
             method=BASELINE_METHOD,
             notices=notices,
+            strength=float(strength),
         )
 
     @torch.inference_mode()

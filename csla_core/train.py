@@ -336,26 +336,47 @@ def _resolve_resume(resume: str | Path, output_dir: Path) -> Path:
     return path
 
 
+# Rendered sample sets keyed by everything that decides them (see ``train``'s sample_cache).
+SampleCache = dict[tuple, "Samples"]
+
+
 def train(generator: Generator, clip: ClipEmbedder, config: TrainConfig, *,
           output_dir: str | Path, resume: str | Path | None = None,
-          accelerator: Accelerator | None = None) -> dict[str, float]:
+          accelerator: Accelerator | None = None,
+          sample_cache: SampleCache | None = None) -> dict[str, float]:
     """Train CSLA mappers data-free; writes ``output_dir/mappers.safetensors`` (+ .json).
 
     Returns stats: final losses, ``samples_per_s`` (sample generation throughput of this
     process: z -> render -> CLIP, no grad), ``steps_per_s``, and on the main process the
     held-out ``ratio_w``/``ratio_s`` (if ``eval_samples``; see ``heldout_error``).
+    ``sample_cache``: a dict shared by runs of the same generator and CLIP (the ablation); the
+    replay pool and the fixed-mean samples are rendered once and reused by runs that sample
+    alike (same seed, sizes, sampling options). Per-step fresh batches are never cached.
     """
     # The generator is frozen while training; its requires_grad flags are restored afterwards.
     flags = [(p, p.requires_grad) for p in generator.parameters()]
     try:
-        return _train(generator, clip, config, Path(output_dir), resume, accelerator)
+        return _train(generator, clip, config, Path(output_dir), resume, accelerator,
+                      sample_cache)
     finally:
         for p, flag in flags:
             p.requires_grad_(flag)
 
 
+def _cached_sample(cache: SampleCache | None, n: int, seed: int, latent_avg: torch.Tensor,
+                   cfg: TrainConfig, render: Callable[[], Samples]) -> Samples:
+    if cache is None:
+        return render()
+    key = (n, seed, latent_avg.detach().cpu().numpy().tobytes(),
+           tuple(sorted(_sampling(cfg).items())))
+    if key not in cache:
+        cache[key] = render()
+    return cache[key]
+
+
 def _train(generator: Generator, clip: ClipEmbedder, config: TrainConfig, output_dir: Path,
-           resume: str | Path | None, accelerator: Accelerator | None) -> dict[str, float]:
+           resume: str | Path | None, accelerator: Accelerator | None,
+           sample_cache: SampleCache | None = None) -> dict[str, float]:
     cfg = config
     acc = accelerator or Accelerator(cpu=cfg.cpu, mixed_precision=cfg.mixed_precision)
     device = acc.device
@@ -397,9 +418,12 @@ def _train(generator: Generator, clip: ClipEmbedder, config: TrainConfig, output
         elif cfg.centre == "text":
             mappers.centre.set_centre(clip.neutral_embedding())
         elif cfg.centre == "fixed_mean":
-            mean_samples = sample_batch(generator, clip, cfg.fixed_mean_samples,
-                                        _seeded(_aux_seed(cfg.seed, 3)),
-                                        latent_avg=latent_avg[:1], **_sampling(cfg))
+            mean_seed = _aux_seed(cfg.seed, 3)
+            mean_samples = _cached_sample(
+                sample_cache, cfg.fixed_mean_samples, mean_seed, latent_avg, cfg,
+                lambda: sample_batch(generator, clip, cfg.fixed_mean_samples,
+                                     _seeded(mean_seed), latent_avg=latent_avg[:1],
+                                     **_sampling(cfg)))  # type: ignore[arg-type]
             mappers.centre.set_centre(mean_samples.features.mean(0))
             mappers.centre.update(mean_samples.features)
 
@@ -440,7 +464,9 @@ def _train(generator: Generator, clip: ClipEmbedder, config: TrainConfig, output
         per = max(1, math.ceil(cfg.pool_size / max(cfg.batch_size, 64)))
         for i in range(per):
             n = min(cfg.pool_size - i * max(cfg.batch_size, 64), max(cfg.batch_size, 64))
-            chunks.append(timed_sample(n, _aux_seed(cfg.seed, 100 + i * world + rank)))
+            seed = _aux_seed(cfg.seed, 100 + i * world + rank)
+            chunks.append(_cached_sample(sample_cache, n, seed, latent_avg, cfg,
+                                         lambda n=n, seed=seed: timed_sample(n, seed)))
         pool = _Pool(Samples(torch.cat([c.wplus for c in chunks]),
                              torch.cat([c.features for c in chunks])))
 

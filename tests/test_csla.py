@@ -16,10 +16,11 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from csla_core.auto_strength import calibrate_strength
 from csla_core.baselines import LatentOptimiser, OptimisationConfig, optimise_latent
 from csla_core.clip_space import build_tiny_clip
 from csla_core.editing import TextEditor, edit_command, generate_command
-from csla_core.errors import PromptError, WeightsError
+from csla_core.errors import CSLAError, PromptError, WeightsError
 from csla_core.mappers import (
     ClipCentre,
     CSLAMappers,
@@ -35,6 +36,7 @@ from csla_core.metrics import (
     evaluate_command,
     mean_pairwise_distance,
 )
+from csla_core.pipeline import CSLAPipeline
 from csla_core.train import (
     TrainConfig,
     build_tiny_models,
@@ -315,6 +317,79 @@ def test_generate_is_seeded_and_prompt_dependent(editor):
     assert torch.cdist(a.flatten(1), a.flatten(1))[0, 1:].min() > 1e-3
 
 
+def _gain(generator, clip, editor, w, strength, f, target, source=None, res=RES):
+    """CLIP-similarity gain to ``target`` (an embedding) of an edit at ``strength``, measured as
+    a user sees it (the S render)."""
+    source = clip.neutral_embedding() if source is None else source
+    out = editor.edit_with_embeddings(w, target, source, strength=strength, n_samples=1,
+                                      diversity=0.0, rank=False, image_embedding=f)
+    with torch.no_grad():
+        image = generator.synthesize(out.styles, max_resolution=res)
+        return float(clip.encode_images(image)[0] @ target - f @ target)
+
+
+def test_auto_strength_reaches_the_target_clip_gain(tiny, editor):
+    """Image-guided edits (towards another face's CLIP embedding) are what the tiny mapper has
+    learnt, so their gain is meaningful: auto must land on a requested fraction of it."""
+    generator, clip = tiny
+    w = _face(generator, 11, n=2, latent_avg=editor.latent_avg)
+    with torch.no_grad():
+        f_a, f_b = clip.encode_images(generator(w, max_resolution=RES))
+    unit = _gain(generator, clip, editor, w[:1], 1.0, f_a, f_b, f_a)
+    assert unit > 0  # stepping towards b's embedding makes the render more like b to CLIP
+    for fraction in (0.3, 0.8):
+        search = calibrate_strength(editor, w[:1], f_b, f_a, target_gain=fraction * unit,
+                                    image_embedding=f_a)
+        print(f"\nauto strength: target gain {fraction * unit:.3e} -> strength "
+              f"{search.strength:.3f}, gain {search.gain:.3e} ({search.renders} renders)")
+        assert search.reached and abs(search.gain - fraction * unit) <= 0.05 * fraction * unit
+        assert search.renders <= 8
+        # What it reports is what an edit at that strength gives.
+        assert _gain(generator, clip, editor, w[:1], search.strength, f_a, f_b, f_a) == (
+            pytest.approx(search.gain, rel=1e-4, abs=1e-9))
+    out_of_reach = calibrate_strength(editor, w[:1], f_b, f_a, target_gain=2.5,
+                                      image_embedding=f_a)  # cosines differ by <= 2
+    assert not out_of_reach.reached and abs(out_of_reach.strength) <= 3.0
+    assert "could not reach" in out_of_reach.describe()
+
+
+def test_pipeline_edit_with_auto_strength(tiny, trained):
+    generator, clip = tiny
+    mappers = CSLAMappers.load(trained[0] / "mappers.safetensors")
+    pipe = CSLAPipeline(generator=generator, encoder=None, latent_avg=mappers.latent_avg,
+                        device=torch.device("cpu"), clip=clip, mappers=mappers)
+    w = _face(generator, 12, latent_avg=mappers.latent_avg)
+    f = pipe.image_embedding(w)
+    editor = pipe.editor()
+
+    def gain(prompt: str) -> float:
+        text = clip.encode_text([prompt])[0]
+        return _gain(generator, clip, editor, w, 1.0, f[0], text, res=editor.render_resolution)
+
+    # Random text embeddings: take a prompt whose edit raises its CLIP similarity here.
+    prompt = max(("a smiling face", "an old face", "a face with glasses", "a child"), key=gain)
+    target = 0.5 * gain(prompt)
+    assert target > 0
+    auto = pipe.edit(w, prompt, strength="auto", target_clip_gain=target, n_samples=2,
+                     image_embedding=f)
+    search = auto.strength_search
+    assert search is not None and search.reached and auto.strength == search.strength
+    assert abs(search.gain - target) <= 0.05 * target and not auto.notices
+    # "auto" is the same edit as typing in the strength it found; explicit ones are unchanged.
+    typed = pipe.edit(w, prompt, strength=auto.strength, n_samples=2, image_embedding=f)
+    assert torch.equal(typed.wplus, auto.wplus) and typed.strength_search is None
+    still = pipe.edit(w, prompt, strength=0.0, n_samples=2, image_embedding=f)
+    assert still.strength == 0.0 and torch.equal(still.wplus, w.expand(2, -1, -1))
+    far = pipe.edit(w, prompt, strength="auto", target_clip_gain=2.5, n_samples=1,
+                    image_embedding=f)
+    assert not far.strength_search.reached and "could not reach" in far.notices[0]
+    with pytest.raises(ValueError):
+        pipe.edit(w, prompt, strength="strong")
+    pipe.mappers = None
+    with pytest.raises(CSLAError, match="auto"):
+        pipe.edit(w, prompt, strength="auto")
+
+
 # ---------------------------------------------------------------------- baseline
 def test_optimisation_baseline_raises_clip_similarity(tiny):
     generator, clip = tiny
@@ -381,6 +456,13 @@ def test_commands_run_on_tiny_models(trained, tmp_path, capsys):
     assert evaluate_command(["--tiny", "--mappers", str(out), "--prompts", PROMPT,
                              "--n-images", "1", "--n-samples", "2", "--baseline-steps", "2"]) == 0
     assert "optimisation baseline" in capsys.readouterr().out
+    assert edit_command(["--tiny", "--mappers", str(out), "--prompt", PROMPT, "--n", "2",
+                         "--resolution", "8", "--strength", "auto", "--target-clip-gain", "2.5",
+                         "--out", str(tmp_path / "a")]) == 0
+    captured = capsys.readouterr()
+    report = json.loads(captured.out.strip().splitlines()[-1])
+    assert report["target_reached"] is False and abs(report["strength"]) <= 3.0
+    assert "could not reach" in captured.err
     # Clear errors, not tracebacks:
     assert edit_command(["--tiny", "--prompt", PROMPT, "--out", str(tmp_path / "x")]) == 2
     assert train_command(["--output-dir", str(tmp_path / "y")]) == 2
