@@ -323,63 +323,12 @@ def build_demo(
         ):
             yield items, pair, status, cache
 
-    def edit_while_dragging(
-        photo,
-        face_index,
-        prompt,
-        source_prompt,
-        strength,
-        samples,
-        diversity,
-        seed,
-        paste_mode,
-        cache,
-    ):
-        """Strength slider moving: a quick preview-size render of the face already inverted (the
-        full size follows on release); nothing when there is no edit to preview yet."""
-        cache = session_cache(cache)
-        ready = (
-            service.pipe is not None
-            and (prompt or "").strip()
-            and service.has_inversion(cache, photo, face_index)
-        )
-        if not ready:
-            yield gr.skip(), gr.skip(), gr.skip(), cache
-            return
-        yield from edit_ui(
-            photo,
-            face_index,
-            prompt,
-            source_prompt,
-            strength,
-            samples,
-            diversity,
-            seed,
-            paste_mode,
-            cache,
-            resolutions=service.resolutions[:1],
-            finished=False,
-        )
+    def slider_handler(moving: bool) -> Callable:
+        """The strength slider's handler. While it moves: preview-size renders, only of a face
+        this session has already inverted. On release: the full size (the drag showed the
+        preview). Quiet when there is nothing to edit yet."""
 
-    def edit_on_release(
-        photo,
-        face_index,
-        prompt,
-        source_prompt,
-        strength,
-        samples,
-        diversity,
-        seed,
-        paste_mode,
-        cache,
-        progress=PROGRESS,
-    ):
-        """Strength slider released: the full-size render (the drag showed the preview), if there
-        is something to edit, else stay quiet."""
-        if not photo or not (prompt or "").strip() or service.pipe is None:
-            yield gr.skip(), gr.skip(), gr.skip(), cache
-            return
-        yield from edit_ui(
+        def handler(
             photo,
             face_index,
             prompt,
@@ -390,9 +339,30 @@ def build_demo(
             seed,
             paste_mode,
             cache,
-            progress=progress,
-            resolutions=service.resolutions[-1:],
-        )
+            progress=PROGRESS,
+        ):
+            cache = session_cache(cache)
+            ready = bool(photo) and bool((prompt or "").strip()) and service.pipe is not None
+            if not ready or (moving and not service.has_inversion(cache, photo, face_index)):
+                yield gr.skip(), gr.skip(), gr.skip(), cache
+                return
+            yield from edit_ui(
+                photo,
+                face_index,
+                prompt,
+                source_prompt,
+                strength,
+                samples,
+                diversity,
+                seed,
+                paste_mode,
+                cache,
+                progress=progress,
+                resolutions=service.resolutions[:1] if moving else service.resolutions[-1:],
+                finished=not moving,
+            )
+
+        return handler
 
     @friendly
     def edit_api(photo, prompt, strength, seed, samples, cache, progress=PROGRESS):
@@ -640,7 +610,7 @@ def build_demo(
             concurrency_id=MODEL_CONCURRENCY_ID,
         )
         strength.input(
-            edit_while_dragging,
+            slider_handler(moving=True),
             edit_inputs,
             edit_outputs,
             api_name="edit_preview",
@@ -650,7 +620,7 @@ def build_demo(
             concurrency_id=MODEL_CONCURRENCY_ID,  # one queue: a preview never lands after release
         )
         strength.release(
-            edit_on_release,
+            slider_handler(moving=False),
             edit_inputs,
             edit_outputs,
             api_name="edit_on_release",

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -37,25 +36,10 @@ TEST_RESOLUTION = 256
 if str(REPO) not in sys.path:  # app.py lives at the repository root
     sys.path.insert(0, str(REPO))
 
+from app_helpers import free_port  # noqa: E402
+from app_helpers import launch_on_loopback as launch  # noqa: E402
+
 import app  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def launch(demo):
-    port = free_port()
-    demo.launch(
-        prevent_thread_lock=True,
-        server_name="127.0.0.1",
-        server_port=port,
-        quiet=True,
-        **app.launch_options(),
-    )
-    return f"http://127.0.0.1:{port}/"
 
 
 @pytest.fixture(scope="module")

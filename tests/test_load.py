@@ -34,6 +34,7 @@ for folder in (REPO, REPO / "scripts"):  # app.py and scripts/load_test.py
         sys.path.insert(0, str(folder))
 
 import load_test  # noqa: E402
+from app_helpers import launch_on_loopback as launch  # noqa: E402
 
 import app  # noqa: E402
 
@@ -113,18 +114,6 @@ class StubPipeline:
 
     def paste(self, inversion, image):
         return inversion.photo.copy()
-
-
-def launch(demo) -> str:
-    port = load_test.free_port()
-    demo.launch(
-        prevent_thread_lock=True,
-        server_name="127.0.0.1",
-        server_port=port,
-        quiet=True,
-        **app.launch_options(),
-    )
-    return f"http://127.0.0.1:{port}/"
 
 
 @pytest.fixture

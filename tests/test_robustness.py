@@ -667,21 +667,9 @@ def demo(small_pipe, gradio_dir):
 
 @pytest.fixture(scope="module")
 def server(demo, gradio_dir):
-    import socket
+    from app_helpers import launch_on_loopback
 
-    import app
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    demo.launch(
-        prevent_thread_lock=True,
-        server_name="127.0.0.1",
-        server_port=port,
-        quiet=True,
-        **app.launch_options(),
-    )
-    yield f"http://127.0.0.1:{port}/"
+    yield launch_on_loopback(demo)
     demo.close()
 
 
