@@ -272,6 +272,7 @@ def invert_command(argv: list[str] | None = None) -> int:
         print(pipe.notice)
     inversion = pipe.invert(args.photo, face_index=args.face)
     print(f"{len(inversion.faces)} face(s) found; using face {inversion.face_index}")
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     torch.save({"wplus": inversion.wplus.cpu()}, f"{args.output}.pt")
     inversion.aligned.image.save(f"{args.output}_crop.png")
     tensor_to_pil(pipe.render(inversion.wplus))[0].save(f"{args.output}_reconstruction.png")

@@ -853,6 +853,7 @@ def align_command(args: list[str] | None = None) -> int:
             face = detector.refine(image, face)
         aligned = align_face(image, face, opts.size, ffhq_correction=not opts.no_ffhq_correction)
         try:
+            output.parent.mkdir(parents=True, exist_ok=True)
             aligned.image.save(output)
         except (OSError, ValueError) as exc:
             raise CSLAError(f"Cannot write {output}: {exc}") from exc

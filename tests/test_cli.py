@@ -50,13 +50,14 @@ def test_help_lists_every_command():
 
 
 def test_invert_writes_code_crop_and_reconstructions(astronaut, tmp_path):
-    result = run("invert", str(astronaut), "-o", str(tmp_path / "me"), "--clip", *OFFLINE_MODELS)
+    out = tmp_path / "out"  # a folder that does not exist yet, as in the README's example
+    result = run("invert", str(astronaut), "-o", str(out / "me"), "--clip", *OFFLINE_MODELS)
     assert result.returncode == 0, result.stderr
     assert "RANDOM-WEIGHTS MODE" in result.stdout and "1 face(s) found" in result.stdout
-    code = torch.load(tmp_path / "me.pt", weights_only=True)["wplus"]
+    code = torch.load(out / "me.pt", weights_only=True)["wplus"]
     assert code.shape == (1, 18, 512)
     for name in ("me_crop.png", "me_reconstruction.png", "me_clip_reconstruction.png"):
-        assert Image.open(tmp_path / name).size == (1024, 1024)
+        assert Image.open(out / name).size == (1024, 1024)
 
 
 def test_edit_a_folder_of_photos_keeps_going_past_a_bad_file(astronaut, tmp_path):

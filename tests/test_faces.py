@@ -613,7 +613,7 @@ def test_paste_back_refuses_another_photo(astronaut: Image.Image, astronaut_face
 def test_align_command(tmp_path, astronaut: Image.Image, capsys) -> None:
     photo = tmp_path / "astronaut.png"
     astronaut.save(photo)
-    out = tmp_path / "crop.png"
+    out = tmp_path / "new folder" / "crop.png"  # created when missing
     assert align_command([str(photo), "-o", str(out), "--size", "256"]) == 0
     assert Image.open(out).size == (256, 256)
     printed = capsys.readouterr().out
