@@ -38,6 +38,7 @@ from gradio import processing_utils
 import csla_core
 from csla_core.errors import CSLAError, InputImageError, NoFaceError, PromptError, WeightsError
 from csla_core.session import (
+    AUTO_STRENGTH,
     SESSION_TTL_S,
     EditingService,
     InvalidSettingError,
@@ -295,6 +296,7 @@ def build_demo(
         prompt,
         source_prompt,
         strength,
+        auto,
         samples,
         diversity,
         seed,
@@ -304,14 +306,16 @@ def build_demo(
         resolutions=None,
         finished=True,
     ):
+        """Edit button / Enter: the edits, and with "auto strength" the slider moved to the
+        strength found."""
         cache = session_cache(cache)
-        for items, pair, status in service.edit_steps(
+        for items, pair, status, used in service.edit_steps(
             cache,
             photo,
             face_index,
             prompt,
             source_prompt,
-            strength,
+            AUTO_STRENGTH if auto else strength,
             samples,
             diversity,
             seed,
@@ -321,7 +325,7 @@ def build_demo(
             resolutions,
             finished,
         ):
-            yield items, pair, status, cache
+            yield items, pair, status, cache, used if auto else gr.skip(), gr.skip()
 
     def slider_handler(moving: bool) -> Callable:
         """The strength slider's handler. While it moves: preview-size renders, only of a face
@@ -334,6 +338,7 @@ def build_demo(
             prompt,
             source_prompt,
             strength,
+            _auto,
             samples,
             diversity,
             seed,
@@ -344,14 +349,16 @@ def build_demo(
             cache = session_cache(cache)
             ready = bool(photo) and bool((prompt or "").strip()) and service.pipe is not None
             if not ready or (moving and not service.has_inversion(cache, photo, face_index)):
-                yield gr.skip(), gr.skip(), gr.skip(), cache
+                yield gr.skip(), gr.skip(), gr.skip(), cache, gr.skip(), gr.skip()
                 return
-            yield from edit_ui(
+            # The user sets the strength by hand: "auto strength" is switched off.
+            for *outputs, _ in edit_ui(
                 photo,
                 face_index,
                 prompt,
                 source_prompt,
                 strength,
+                False,
                 samples,
                 diversity,
                 seed,
@@ -360,7 +367,8 @@ def build_demo(
                 progress=progress,
                 resolutions=service.resolutions[:1] if moving else service.resolutions[-1:],
                 finished=not moving,
-            )
+            ):
+                yield *outputs, False
 
         return handler
 
@@ -368,7 +376,7 @@ def build_demo(
     def edit_api(photo, prompt, strength, seed, samples, cache, progress=PROGRESS):
         """One call: photo + prompt -> edited photos (largest face, pasted back, full size)."""
         cache = session_cache(cache)
-        for items, _pair, _status in service.edit_steps(
+        for items, *_ in service.edit_steps(
             cache, photo, 0, prompt, None, strength, samples, 0.5, seed, True, progress, gr.Warning
         ):
             yield items, cache
@@ -502,6 +510,15 @@ def build_demo(
                     elem_id="strength",
                     scale=3,
                 )
+                auto_strength = gr.Checkbox(
+                    False,
+                    label="Auto strength",
+                    info="find a clearly visible strength for this face and prompt (needs "
+                    "trained CSLA mappers); moving the slider switches it off",
+                    elem_id="auto-strength",
+                    scale=1,
+                )
+            with gr.Row():
                 samples = gr.Slider(1, 8, value=4, step=1, label="Samples", elem_id="samples")
                 diversity = gr.Slider(
                     0.0,
@@ -594,19 +611,21 @@ def build_demo(
             prompt,
             source_prompt,
             strength,
+            auto_strength,
             samples,
             diversity,
             seed,
             paste_mode,
             cache,
         ]
-        edit_outputs = [gallery, slider, status, cache]
+        edit_outputs = [gallery, slider, status, cache, strength, auto_strength]
         gr.on(
             [edit_button.click, prompt.submit],
             edit_ui,
             edit_inputs,
             edit_outputs,
             api_name="edit_photo",
+            show_progress_on=[gallery],  # not over the strength controls it may update
             concurrency_id=MODEL_CONCURRENCY_ID,
         )
         strength.input(
@@ -626,6 +645,7 @@ def build_demo(
             api_name="edit_on_release",
             api_visibility="undocumented",
             trigger_mode="always_last",
+            show_progress_on=[gallery],
             concurrency_id=MODEL_CONCURRENCY_ID,
         )
         api_edit_trigger.click(

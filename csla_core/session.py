@@ -39,6 +39,7 @@ import PIL.Image
 import torch
 from PIL import ImageDraw
 
+from .auto_strength import AUTO as AUTO_STRENGTH
 from .errors import CSLAError, InputImageError, PromptError, WeightsError
 from .imaging import tensor_to_pil
 
@@ -47,6 +48,7 @@ if TYPE_CHECKING:  # faces pulls in facenet-pytorch; only its types are needed h
     from .pipeline import CSLAPipeline, EditOutput, Inversion
 
 __all__ = [
+    "AUTO_STRENGTH",
     "INVERSIONS_PER_SESSION",
     "MAX_PROMPT_CHARS",
     "MISSING_PIPELINE_MESSAGE",
@@ -381,6 +383,7 @@ class EditStep(NamedTuple):
     items: list[GalleryItem]  # the edited images with their captions
     pair: tuple[PIL.Image.Image, PIL.Image.Image]  # (before, first result) for a comparison
     status: str  # method, samples, strength, elapsed time
+    strength: float  # the strength used (the one found, when it was "auto")
 
 
 @dataclass
@@ -608,7 +611,8 @@ class EditingService:
             raise NoPhotoError(NO_PHOTO_MESSAGE)
         samples = clamp_int(samples, 1, 8, 4)
         seed = clamp_int(seed, 0, 2**31 - 1, 0)
-        strength = finite(strength, "strength", 1.0)
+        auto = isinstance(strength, str) and strength.strip().lower() == AUTO_STRENGTH
+        strength = AUTO_STRENGTH if auto else finite(strength, "strength", 1.0)
         diversity = finite(diversity, "spread (diversity)", 0.5)
         started = time.perf_counter()
         entry, _ = self.inversion(cache, photo, face_index, progress)
@@ -624,9 +628,10 @@ class EditingService:
         )
         for notice in getattr(edit, "notices", None) or []:
             warn(notice)
-        status = (
-            f"**{getattr(edit, 'method', 'edit')}** · {samples} sample(s), strength {strength:+.2f}"
-        )
+        if auto:
+            strength = float(edit.strength)
+        described = f"strength {strength:+.2f}" + (" (auto)" if auto else "")
+        status = f"**{getattr(edit, 'method', 'edit')}** · {samples} sample(s), {described}"
         resolutions = list(resolutions or self.resolutions)
         for step, resolution in enumerate(resolutions):
             last = step == len(resolutions) - 1
@@ -642,7 +647,8 @@ class EditingService:
             label = "" if last and finished else " — preview"
             label += "" if last else ", full size on its way…"
             elapsed = time.perf_counter() - started
-            yield EditStep(items, (before, images[0]), f"{status} · {elapsed:.1f} s{label}")
+            status_line = f"{status} · {elapsed:.1f} s{label}"
+            yield EditStep(items, (before, images[0]), status_line, strength)
 
     def sweep(
         self,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -389,6 +390,14 @@ def test_browser_upload_prompt_release_slider_gives_a_gallery(server, browser):
         assert page.locator("#results img").count() == SAMPLES
         strength = float(page.locator("#strength input[type=number]").input_value())
         assert 1.0 < strength <= 3.0
+        # The release's final render follows the previews of the click (an input event).
+        page.wait_for_function(
+            "(s) => { const t = document.querySelector('#status').innerText;"
+            " return t.includes(s) && !t.includes('preview'); }",
+            arg=f"strength {strength:+.2f}",
+            timeout=150_000,
+        )
+        page.wait_for_timeout(1500)  # the gallery fades new images in: let it finish for the picture
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "app.png"), full_page=True)
         # Clicking a result puts it into the before/after comparison.
@@ -420,5 +429,22 @@ def test_browser_upload_prompt_release_slider_gives_a_gallery(server, browser):
         page.mouse.up()
         page.wait_for_function(f"!{status}.includes('preview')", timeout=150_000)
         assert f"strength {dragged:+.2f}" in page.locator("#status").inner_text()
+
+        # "Auto strength" + Edit: the strength found is shown and the slider moves to it; moving
+        # the slider by hand afterwards switches "auto" off again.
+        auto = page.locator("#auto-strength input[type=checkbox]")
+        auto.check()
+        page.locator("#edit").click()
+        page.wait_for_function(f"{status}.includes('(auto)')", timeout=150_000)
+        found = re.search(r"strength ([+-]\d+\.\d+) \(auto\)", page.locator("#status").inner_text())
+        assert found is not None
+        page.wait_for_function(
+            "([n, v]) => Math.abs(parseFloat(n.value) - v) < 0.051",
+            arg=[number.element_handle(), float(found.group(1))],
+            timeout=30_000,
+        )
+        track.click(position={"x": box["width"] * 0.6, "y": box["height"] / 2})
+        page.wait_for_function(f"!{status}.includes('(auto)')", timeout=150_000)
+        assert not auto.is_checked()
     finally:
         page.close()

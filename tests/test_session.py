@@ -62,8 +62,11 @@ class FakePipeline:
         self._count("embed")
         return torch.ones(1, 8)
 
+    FOUND_STRENGTH = 1.35  # what "auto" finds here
+
     def edit(self, wplus, prompt, *, strength=1.0, n_samples=1, **kwargs):
         self._count("edit")
+        strength = self.FOUND_STRENGTH if strength == "auto" else strength
         return SimpleNamespace(strength=strength, n=n_samples, method="fake", notices=["cut"])
 
     def render(self, wplus, max_resolution=None):
@@ -283,6 +286,19 @@ def test_slider_drag_previews_only_a_face_already_inverted(tmp_path, photo):
     (release,) = service.edit_steps(*args, resolutions=service.resolutions[-1:])
     assert release.items[0][0].size == (512, 512) and "preview" not in release.status
     assert pipe.calls["invert"] == 1 and pipe.calls["render_edit"] == 2
+
+
+@pytest.mark.parametrize("typed", ["auto", " Auto "])
+def test_auto_strength_reports_the_strength_found(tmp_path, photo, typed):
+    service = EditingService(FakePipeline(size=64), sweep_dir=tmp_path)
+    (step,) = service.edit_steps(SessionCache(), photo, 0, "smiling", None, typed, 2, 0.5, 3, False)
+    assert step.strength == FakePipeline.FOUND_STRENGTH
+    assert "strength +1.35 (auto)" in step.status
+    assert [c for _, c in step.items][1] == "sample 2 · strength +1.35 · seed 3"
+    (manual,) = service.edit_steps(SessionCache(), photo, 0, "smiling", None, 0.4, 1, 0.5, 3, False)
+    assert manual.strength == 0.4 and "(auto)" not in manual.status
+    with pytest.raises(session.InvalidSettingError, match="strength must be a finite number"):
+        next(service.edit_steps(SessionCache(), photo, 0, "smiling", None, "strong", 1, 0.5, 3, False))
 
 
 def test_edit_steps_crops_and_the_comparison(tmp_path, photo):
