@@ -46,6 +46,29 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def usable_device(device: str | torch.device | None) -> torch.device:
+    """``device`` as a torch.device (None: the GPU if there is one), or a CSLAError saying why
+    it cannot be used here, rather than torch's driver traceback on the first model call."""
+    if device is None:
+        return default_device()
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise CSLAError(f"{device!r} is not a device: use cpu, cuda, cuda:N or mps.") from exc
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise CSLAError(
+                f"{device} was asked for, but this PyTorch sees no CUDA GPU (no driver, or a "
+                "CPU-only build): use --device cpu, or leave the device out to pick it."
+            )
+        if device.index is not None and device.index >= count:
+            raise CSLAError(f"{device} was asked for, but there are only {count} CUDA GPU(s).")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise CSLAError(f"{device} was asked for, but Apple's MPS is not available here.")
+    return device
+
+
 @dataclass
 class Inversion:
     """A photo's face, aligned and encoded. Tensors live on CPU (cheap to cache per session)."""
@@ -502,7 +525,7 @@ def load_pipeline(
     ``size`` and ``tiny_clip`` (random weights only): a smaller generator, and a small random CLIP
     with the real tokenizer instead of ViT-B/32, for fast tests of everything around the models.
     """
-    device = torch.device(device) if device is not None else default_device()
+    device = usable_device(device)
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
     if tiny_clip and not random_weights:

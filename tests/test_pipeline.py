@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from csla_core import load_pipeline
+from csla_core.errors import CSLAError
 from csla_core.imaging import resize_batch, tensor_to_pil
 from csla_core.pipeline import RANDOM_WEIGHTS_NOTICE
 
@@ -180,3 +181,13 @@ def test_reduced_precision_matches_fp32_within_tolerance():
     assert float((codes_bf16 - codes).norm() / codes.norm()) < 2e-2
     with pytest.raises(ValueError, match="precision"):
         load_pipeline(random_weights=True, device="cpu", size=32, with_clip=False, precision="fp8")
+
+
+@pytest.mark.parametrize(
+    "device, words",
+    [("cuda:99", "cuda:99 was asked for"), ("gpu", "'gpu' is not a device")],
+)
+def test_an_unusable_device_is_a_clear_error(device, words):
+    # Not torch's driver traceback at the first model call: a message saying what to do instead.
+    with pytest.raises(CSLAError, match=words):
+        load_pipeline(random_weights=True, device=device, size=32, with_clip=False)
