@@ -1,0 +1,52 @@
+"""The benchmark command runs every stage the speed issue asks for and reports it readably.
+
+A smoke run on a 64 px generator: the timings themselves are measured at full size by
+``python -m csla_core bench`` (README, Performance), not asserted here.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+from csla_core.bench import bench_command, format_report
+
+STAGES = [
+    "generator 64, fast path",
+    "generator 64, reference path",
+    "generator 64, batched path",
+    "generator preview 16, fast path",
+    "generator preview 16, reference path",
+    "generator preview 16, batched path",
+    "encoder e4e 256",
+    "CLIP text encoding (prompt templates)",
+    "training samples (batch 4, 256 px -> CLIP)",
+    "face detection + alignment, 12 MP photo",
+    "face detection + alignment, 1 MP photo",
+    "photo upload -> first edited 64 image",
+    "slider move (re-render one 64 edit)",
+    "4 diverse edits at 64",
+]
+
+
+def test_bench_reports_every_stage_with_ratios_and_parity(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    argv = ["--size", "64", "--preview", "16", "--repeats", "1", "--json", str(out)]
+    assert bench_command(argv) == 0
+    report = json.loads(out.read_text())
+    timings = {t["stage"]: t for t in report["timings"]}
+    assert set(STAGES) <= set(timings), set(STAGES) - set(timings)
+    assert all(math.isfinite(t["median_s"]) and t["median_s"] > 0 for t in timings.values())
+    # Faster paths are stated against the reference path measured in the same run.
+    for stage in ("generator 64, fast path", "generator preview 16, batched path"):
+        assert "x the reference path" in timings[stage]["note"]
+    assert "samples/s" in timings["training samples (batch 4, 256 px -> CLIP)"]["note"]
+    # Same picture: the fast paths stay within the issue's 2e-2 of the reference path.
+    assert set(report["parity_vs_reference"]) == {"batched", "fast"}
+    assert all(error < 2e-2 for error in report["parity_vs_reference"].values())
+    # The issue's targets are for the real size only: a smoke run claims none.
+    printed = capsys.readouterr().out
+    assert not report["targets_checked"] and "target <= 3.5GB" not in printed
+    assert "target <=" not in " ".join(t["note"] for t in timings.values())
+    assert printed == format_report(report) + "\n"
+    assert 0 < report["peak_rss_gb"] <= report["peak_rss_with_reference_path_gb"]
