@@ -502,10 +502,14 @@ class EditingService:
         if not photo:
             return False
         try:
-            key = (content_hash(photo), int(face_index or 0))
+            return self._cache_key(photo, face_index) in cache.items
         except (OSError, TypeError, ValueError):
             return False
-        return key in cache.items
+
+    @staticmethod
+    def _cache_key(photo: str, face_index: Any) -> CacheKey:
+        """(photo content hash, face index): the one key of a session's inversions."""
+        return content_hash(photo), clamp_int(face_index, -(2**31), 2**31 - 1, 0)
 
     def inversion(
         self,
@@ -516,13 +520,12 @@ class EditingService:
     ) -> tuple[CachedInversion, CacheKey]:
         """(cache entry, key): from the session cache or by detecting + inverting now."""
         try:
-            digest = content_hash(photo)
+            key = self._cache_key(photo, face_index)
         except OSError as exc:  # gone from the server's cache (old upload), or not a file
             raise InputImageError(
                 f"The photo {Path(photo).name!r} can no longer be read on the server "
                 f"({exc.strerror or type(exc).__name__}): upload it again."
             ) from exc
-        key = (digest, clamp_int(face_index, -(2**31), 2**31 - 1, 0))
         entry = cache.get(key)
         if entry is None:
             progress(0.05, desc="Finding the face and inverting it (e4e)")
