@@ -141,13 +141,3 @@ def upsample2x_fir(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
         raise ValueError("upsample2x_fir expects a 4x4 kernel")
     weight = kernel.to(dtype=x.dtype, device=x.device).expand(channels, 1, 4, 4)
     return F.conv_transpose2d(x, weight, stride=2, groups=channels)[:, :, 1:-1, 1:-1]
-
-
-def fir_filter_same(x: torch.Tensor, kernel: torch.Tensor, pad: tuple[int, int]) -> torch.Tensor:
-    """``upfirdn2d(x, kernel, pad=pad)`` with the padding done inside the convolution when it is
-    symmetric (no padded copy of the activation is materialised)."""
-    if pad[0] != pad[1] or pad[0] < 0:
-        return upfirdn2d(x, kernel, pad=pad)
-    channels = x.shape[1]
-    weight = torch.flip(kernel, [0, 1]).to(dtype=x.dtype, device=x.device)
-    return F.conv2d(x, weight.expand(channels, 1, *kernel.shape), padding=pad[0], groups=channels)

@@ -21,6 +21,7 @@ from .auto_strength import AUTO, DEFAULT_TARGET_CLIP_GAIN, StrengthSearch
 from .e4e import Encoder4Editing, EncoderConfig
 from .errors import CSLAError, WeightsError
 from .imaging import resize_batch, tensor_to_pil
+from .runtime import tune_cpu_allocator
 from .stylegan2 import IMPLS, Generator, GeneratorConfig, Impl, NoiseInjection, NoiseMode
 
 if TYPE_CHECKING:  # faces pulls in facenet-pytorch; import it only when photos are used
@@ -508,6 +509,7 @@ def load_pipeline(
     seed: int = 0,
     precision: str = "fp32",
     tiny_clip: bool = False,
+    tune_allocator: bool = True,
 ) -> CSLAPipeline:
     """Build the pipeline.
 
@@ -524,7 +526,13 @@ def load_pipeline(
     ``precision``: "fp32" (default), "fp16" (CUDA) or "bf16" (autocast; within 2e-2 of fp32).
     ``size`` and ``tiny_clip`` (random weights only): a smaller generator, and a small random CLIP
     with the real tokenizer instead of ViT-B/32, for fast tests of everything around the models.
+    ``tune_allocator`` (default on): keep freed tensor memory in the process for reuse
+    (``csla_core.runtime.tune_cpu_allocator``, glibc only): a 1024 render on 2 CPU cores
+    takes about 0.42 s instead of 0.65 s. It is a process-wide malloc setting; pass False to
+    leave the allocator alone.
     """
+    if tune_allocator:
+        tune_cpu_allocator()
     device = usable_device(device)
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")

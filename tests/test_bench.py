@@ -18,6 +18,8 @@ STAGES = [
     "generator preview 16, fast path",
     "generator preview 16, reference path",
     "generator preview 16, batched path",
+    "generator 64, reference path, default allocator",
+    "generator preview 16, reference path, default allocator",
     "encoder e4e 256",
     "CLIP text encoding (prompt templates)",
     "training samples (batch 4, 256 px -> CLIP)",
@@ -40,6 +42,12 @@ def test_bench_reports_every_stage_with_ratios_and_parity(tmp_path, capsys):
     # Faster paths are stated against the reference path measured in the same run.
     for stage in ("generator 64, fast path", "generator preview 16, batched path"):
         assert "x the reference path" in timings[stage]["note"]
+    # ... and against the reference path as the reference runs: its own process, allocator
+    # defaults (this process has load_pipeline's allocator tuning).
+    for stage in ("generator 64, fast path", "generator preview 16, fast path"):
+        assert "x the reference path as it runs" in timings[stage]["note"]
+        assert "x the reference path in this process" in timings[stage]["note"]
+    assert report["machine"]["allocator"]
     assert "samples/s" in timings["training samples (batch 4, 256 px -> CLIP)"]["note"]
     # Same picture: the fast paths stay within the 2e-2 of the reference path.
     assert set(report["parity_vs_reference"]) == {"batched", "fast"}

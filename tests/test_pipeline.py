@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from csla_core import load_pipeline
 from csla_core.errors import CSLAError
@@ -191,3 +192,44 @@ def test_an_unusable_device_is_a_clear_error(device, words):
     # Not torch's driver traceback at the first model call: a message saying what to do instead.
     with pytest.raises(CSLAError, match=words):
         load_pipeline(random_weights=True, device=device, size=32, with_clip=False)
+
+
+@pytest.mark.parametrize("size", [1, 2, 5, 8])
+def test_polyphase_upsampling_equals_transposed_convolution_then_blur(size):
+    """The fast path's upsampling (four phase convolutions written into the blur's padded
+    input) is the reference's transposed convolution + FIR blur, borders included."""
+    from csla_core.ops import make_fir_kernel, upfirdn2d
+    from csla_core.stylegan2 import POLYPHASE_ORDER, POLYPHASE_TAPS, _polyphase_upsample_blur
+
+    rng = torch.Generator().manual_seed(size)
+    x = torch.randn(1, 5, size, size, generator=rng)
+    weight = torch.randn(7, 5, 3, 3, generator=rng)  # [out, in, k, k]
+    bias = torch.randn(7, generator=rng)
+    blur = make_fir_kernel((1, 3, 3, 1)) * 4
+    expected = upfirdn2d(F.conv_transpose2d(x, weight.transpose(0, 1), stride=2), blur, pad=(1, 1))
+    expected = expected + bias.view(1, -1, 1, 1)
+    phases = [
+        weight[:, :, POLYPHASE_TAPS[a]][:, :, :, POLYPHASE_TAPS[b]].contiguous(
+            memory_format=torch.channels_last
+        )
+        for a, b in POLYPHASE_ORDER
+    ]
+    with_margin = F.pad(x, (0, 1, 0, 1)).contiguous(memory_format=torch.channels_last)
+    out = _polyphase_upsample_blur(with_margin, phases, blur, bias)
+    assert out.shape == (1, 7, 2 * size + 1, 2 * size + 1)  # one margin row and column
+    torch.testing.assert_close(out[:, :, : 2 * size, : 2 * size], expected, rtol=1e-5, atol=1e-5)
+
+
+def test_fast_path_follows_new_weights():
+    """The fast path caches kernels derived from the weights; loading new weights (a
+    checkpoint, a training step) must change the picture exactly as the reference path does."""
+    pipe = load_pipeline(random_weights=True, device="cpu", size=32, seed=5, with_clip=False)
+    other = load_pipeline(random_weights=True, device="cpu", size=32, seed=6, with_clip=False)
+    generator, w = pipe.generator, pipe.latent_avg[None]
+    with torch.inference_mode():
+        before = generator(w, impl="fast")
+    generator.load_state_dict(other.generator.state_dict())
+    with torch.inference_mode():
+        after, reference = generator(w, impl="fast"), generator(w, impl="reference")
+    assert float((after - before).norm() / before.norm()) > 0.1
+    assert float((after - reference).norm() / reference.norm()) < 1e-5
