@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from .runtime import allocator_settings
+from .runtime import allocator_settings, minor_page_faults
 
 # Issue targets for 2 CPU cores in fp32 (seconds per stage), checked by name in the report.
 CPU_TARGETS_S = {
@@ -158,7 +158,13 @@ def run_benchmarks(
             )
             for resolution in (None, preview)
         }
-        if pipe.device.type != "cpu":  # the GPU renders diverse samples as one batch
+        if pipe.device.type == "cpu":  # what fresh memory costs (csla_core.runtime)
+            before = minor_page_faults()
+            gen(wplus, impl="fast")
+            faults = minor_page_faults() - before
+            full = next(t for t in timings if t.stage == f"generator {size}, fast path")
+            _append_note(full, f"page faults per render: {faults}")
+        else:  # the GPU renders diverse samples as one batch
             batch = wplus.expand(4, -1, -1).contiguous()
             add(f"generator {size}, batch of 4, batched path", lambda: gen(batch, impl="batched"))
         add("encoder e4e 256", lambda: pipe.invert_aligned(image))

@@ -215,7 +215,9 @@ def test_polyphase_upsampling_equals_transposed_convolution_then_blur(size):
         for a, b in POLYPHASE_ORDER
     ]
     with_margin = F.pad(x, (0, 1, 0, 1)).contiguous(memory_format=torch.channels_last)
-    out = _polyphase_upsample_blur(with_margin, phases, blur, bias)
+    held = [with_margin]
+    out = _polyphase_upsample_blur(held, phases, blur, bias)
+    assert held == []  # the input is handed over, to be freed as early as possible
     assert out.shape == (1, 7, 2 * size + 1, 2 * size + 1)  # one margin row and column
     torch.testing.assert_close(out[:, :, : 2 * size, : 2 * size], expected, rtol=1e-5, atol=1e-5)
 
