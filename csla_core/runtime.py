@@ -6,7 +6,7 @@ thread its own arena, whose heaps cannot hold a block over 64 MiB. So each rende
 about 0.9 GB of new 4 KB pages, some 210,000 page faults, each one zeroing a page: a third of
 the render's time on 2 CPU cores. ``tune_cpu_allocator`` (applied by ``load_pipeline``) keeps
 freed memory in one shared heap for reuse (mmap and trim thresholds at 1 GiB, one arena): no
-page faults, 0.42 s instead of 0.65 s per render. The cost: the process keeps its high-water
+page faults, 0.43 s instead of 0.65 s per render. The cost: the process keeps its high-water
 mark instead of handing memory back between requests.
 
 (Transparent huge pages, torch's ``THP_MEM_ALLOC_ENABLE=1``, were measured too: about 5,000
