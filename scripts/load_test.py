@@ -128,6 +128,20 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def app_environment(port: int, **overrides: str) -> dict[str, str]:
+    """The environment for ``python app.py`` on 127.0.0.1:``port``, offline, without analytics,
+    and with none of the caller's own CSLA_* settings (then ``overrides``)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CSLA_")}
+    env.update(
+        GRADIO_SERVER_NAME="127.0.0.1",
+        GRADIO_SERVER_PORT=str(port),
+        GRADIO_ANALYTICS_ENABLED="False",
+        HF_HUB_OFFLINE="1",
+    )
+    env.update(overrides)
+    return env
+
+
 # ``--small-models``: the app's own build_demo and launch options around a random pipeline with
 # a 64 px generator and a small CLIP (the same code paths, a fraction of the start-up time and
 # compute), for the short form of the test in CI.
@@ -149,14 +163,7 @@ def start_app(
     """``python app.py --random-weights`` on 127.0.0.1; (process, url) once it answers.
     ``small_models``: the same app around small random models (SMALL_MODELS_APP)."""
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CSLA_")}
-    env.update(
-        GRADIO_SERVER_NAME="127.0.0.1",
-        GRADIO_SERVER_PORT=str(port),
-        GRADIO_ANALYTICS_ENABLED="False",
-        HF_HUB_OFFLINE="1",
-        CSLA_DEVICE="cpu",
-    )
+    env = app_environment(port, CSLA_DEVICE="cpu")
     command = [
         sys.executable,
         str(REPO / "app.py"),

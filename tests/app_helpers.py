@@ -3,21 +3,17 @@ launch options (upload limit, cache deletion, ...)."""
 
 from __future__ import annotations
 
-import socket
 import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # app.py lives at the repository root
-    sys.path.insert(0, str(REPO))
+for folder in (REPO, REPO / "scripts"):  # app.py, and scripts/load_test.py's launch helpers
+    if str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))
+
+from load_test import app_environment, free_port  # noqa: E402, F401 - re-exported for tests
 
 import app  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def launch_on_loopback(demo) -> str:

@@ -37,7 +37,7 @@ TEST_RESOLUTION = 256
 if str(REPO) not in sys.path:  # app.py lives at the repository root
     sys.path.insert(0, str(REPO))
 
-from app_helpers import free_port  # noqa: E402
+from app_helpers import app_environment, free_port  # noqa: E402
 from app_helpers import launch_on_loopback as launch  # noqa: E402
 
 import app  # noqa: E402
@@ -271,14 +271,8 @@ def test_missing_weights_page_says_what_to_do():
 def test_python_app_py_starts_without_weights(tmp_path):
     """`python app.py` with no weights reachable: serves a page explaining what to download."""
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CSLA_")}
-    env.update(
-        GRADIO_SERVER_NAME="127.0.0.1",
-        GRADIO_SERVER_PORT=str(port),
-        HF_HUB_OFFLINE="1",
-        HF_HUB_CACHE=str(tmp_path / "hub"),
-        CSLA_CHECKPOINT_DIR=str(tmp_path / "empty"),
-        GRADIO_ANALYTICS_ENABLED="False",
+    env = app_environment(
+        port, HF_HUB_CACHE=str(tmp_path / "hub"), CSLA_CHECKPOINT_DIR=str(tmp_path / "empty")
     )
     (tmp_path / "empty").mkdir()
     log = tmp_path / "app.log"
