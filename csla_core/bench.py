@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from .runtime import allocator_settings, minor_page_faults
+from .runtime import allocator_settings, cpu_description, minor_page_faults
 
 # Issue targets for 2 CPU cores in fp32 (seconds per stage), checked by name in the report.
 CPU_TARGETS_S = {
@@ -163,7 +163,8 @@ def run_benchmarks(
             gen(wplus, impl="fast")
             faults = minor_page_faults() - before
             full = next(t for t in timings if t.stage == f"generator {size}, fast path")
-            _append_note(full, f"page faults per render: {faults}")
+            verdict = _allocator_verdict(faults) if targets else ""  # small renders never fault
+            _append_note(full, f"page faults per render: {faults}{verdict}")
         else:  # the GPU renders diverse samples as one batch
             batch = wplus.expand(4, -1, -1).contiguous()
             add(f"generator {size}, batch of 4, batched path", lambda: gen(batch, impl="batched"))
@@ -277,6 +278,7 @@ def run_benchmarks(
     return {
         "machine": {
             "platform": platform.platform(),
+            "cpu": cpu_description(),
             "python": platform.python_version(),
             "torch": torch.__version__,
             "threads": torch.get_num_threads(),
@@ -292,11 +294,22 @@ def run_benchmarks(
     }
 
 
+def _allocator_verdict(faults: int) -> str:
+    """Whether the allocator tuning works here, judged by a warm render's page faults (an
+    untuned 1024 render takes about 165,000; a tuned, warm one none)."""
+    if not allocator_settings().applied:
+        return " (allocator not tuned)"
+    if faults < 1000:
+        return " (allocator tuning effective)"
+    return f" (allocator tuning NOT effective with torch {torch.__version__}: renders are slower)"
+
+
 def format_report(report: dict) -> str:
     machine = report["machine"]
     lines = [
         f"CSLA bench: {machine['platform']}, torch {machine['torch']}, "
         f"{machine['threads']} threads, device {machine['device']} (random weights, real sizes)",
+        f"cpu: {machine['cpu']}",
         f"allocator: {machine['allocator']}",
         f"{'stage':<48} {'median':>10}  runs  note",
     ]

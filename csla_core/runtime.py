@@ -86,6 +86,35 @@ def tune_cpu_allocator(
     return _applied
 
 
+# CPU features that decide which kernels oneDNN runs (fp32 vs native bf16 and AMX).
+_CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16")
+
+
+def cpu_description() -> str:
+    """The CPU's model and the flags that matter for speed, e.g. 'AMD EPYC (avx2 avx512f
+    avx512_bf16; no amx_tile amx_bf16)'. Linux reads /proc/cpuinfo; elsewhere the platform's
+    processor string."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            info = f.read()
+    except OSError:
+        return platform.processor() or platform.machine()
+    model, flags = platform.machine(), set()
+    for line in info.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if key == "model name":
+            model = value.strip()
+        elif key == "flags":
+            flags = set(value.split())
+            break
+    have = [f for f in _CPU_FLAGS if f in flags]
+    missing = [f for f in _CPU_FLAGS if f not in flags]
+    return f"{model} ({' '.join(have) or 'none of ' + ' '.join(_CPU_FLAGS)}" + (
+        f"; no {' '.join(missing)})" if missing and have else ")"
+    )
+
+
 def allocator_settings() -> AllocatorSettings:
     """The settings in force in this process (not applied until ``tune_cpu_allocator``)."""
     return _applied or AllocatorSettings(False, "not tuned: the C library's defaults")

@@ -48,6 +48,7 @@ def test_bench_reports_every_stage_with_ratios_and_parity(tmp_path, capsys):
         assert "x the reference path as it runs" in timings[stage]["note"]
         assert "x the reference path in this process" in timings[stage]["note"]
     assert report["machine"]["allocator"]
+    assert report["machine"]["cpu"]
     assert "samples/s" in timings["training samples (batch 4, 256 px -> CLIP)"]["note"]
     # Same picture: the fast paths stay within the 2e-2 of the reference path.
     assert set(report["parity_vs_reference"]) == {"batched", "fast"}
