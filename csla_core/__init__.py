@@ -5,7 +5,8 @@ downloads nothing.
 """
 
 from .errors import CSLAError, InputImageError, NoFaceError, PromptError, WeightsError
-from .pipeline import CSLAPipeline, load_pipeline
+from .loading import load_pipeline
+from .pipeline import CSLAPipeline
 
 __all__ = [
     "CSLAError",

@@ -1,36 +1,30 @@
-"""``load_pipeline(...)``: the one entry point. It returns a ``CSLAPipeline`` that owns the models,
-the device and the latent average, and offers invert / render (and, through the CSLA mappers,
-edit / generate).
-
-Nothing is loaded at import; every model is built once, in ``load_pipeline``.
+"""``CSLAPipeline``: the façade over already-built models (made by ``csla_core.loading``). It
+owns the models, the device and the latent average, and offers invert / render and, through the
+CSLA mappers, edit / generate.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 
-from . import weights
-from .auto_strength import AUTO, DEFAULT_TARGET_CLIP_GAIN, StrengthSearch
-from .e4e import Encoder4Editing, EncoderConfig
-from .errors import CSLAError, WeightsError
+from .editing.strength import AUTO, DEFAULT_TARGET_CLIP_GAIN, StrengthSearch
+from .errors import CSLAError
 from .imaging import resize_batch, tensor_to_pil
-from .runtime import tune_cpu_allocator
-from .stylegan2 import IMPLS, Generator, GeneratorConfig, Impl, NoiseInjection, NoiseMode
+from .models.e4e import Encoder4Editing
+from .models.stylegan2 import Generator, Impl, NoiseMode, auto_impl
 
 if TYPE_CHECKING:  # faces pulls in facenet-pytorch; import it only when photos are used
     from PIL import Image
 
-    from .clip_space import ClipEmbedder
-    from .editing import TextEditor
-    from .faces import AlignedFace, Face
-    from .mappers import CSLAMappers
+    from .editing.editor import TextEditor
+    from .faces.core import AlignedFace, Face
+    from .models.clip import ClipEmbedder
+    from .models.mappers import CSLAMappers
 
 RANDOM_WEIGHTS_NOTICE = (
     "RANDOM-WEIGHTS MODE: the models are untrained (development / tests / benchmarks); "
@@ -38,36 +32,6 @@ RANDOM_WEIGHTS_NOTICE = (
 )
 ENCODER_INPUT_SIZE = 256
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-# QuickGELU is what OpenAI's CLIP was trained with: plain 'ViT-B-32' (GELU) gives other embeddings.
-CLIP_MODEL_NAME = "ViT-B-32-quickgelu"
-CLIP_TOKENIZER_NAME = "ViT-B-32"
-
-
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def usable_device(device: str | torch.device | None) -> torch.device:
-    """``device`` as a torch.device (None: the GPU if there is one), or a CSLAError saying why
-    it cannot be used here, rather than torch's driver traceback on the first model call."""
-    if device is None:
-        return default_device()
-    try:
-        device = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise CSLAError(f"{device!r} is not a device: use cpu, cuda, cuda:N or mps.") from exc
-    if device.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if count == 0:
-            raise CSLAError(
-                f"{device} was asked for, but this PyTorch sees no CUDA GPU (no driver, or a "
-                "CPU-only build): use --device cpu, or leave the device out to pick it."
-            )
-        if device.index is not None and device.index >= count:
-            raise CSLAError(f"{device} was asked for, but there are only {count} CUDA GPU(s).")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise CSLAError(f"{device} was asked for, but Apple's MPS is not available here.")
-    return device
 
 
 @dataclass
@@ -112,6 +76,7 @@ class CSLAPipeline:
     # "fp32" (default, reference numerics), "fp16" (CUDA) or "bf16": reduced precision runs the
     # generator and encoder under torch.autocast; weights and returned tensors stay float32.
     precision: str = "fp32"
+    synthesis: Impl | None = None  # None: by device (see ``impl``)
     face_detector: object | None = None  # created on first use of a photo
     _editor: TextEditor | None = field(default=None, repr=False)
 
@@ -123,16 +88,10 @@ class CSLAPipeline:
 
     @property
     def impl(self) -> Impl:
-        """Synthesis code used by every render (``stylegan2.Impl``): "fast" (CPU default),
-        "batched" (GPU default) or "reference" (the same maths; the reference path is tested
-        against the golden data, the others against it)."""
-        return self.generator.default_impl
-
-    @impl.setter
-    def impl(self, value: Impl) -> None:
-        if value not in IMPLS:
-            raise ValueError(f"impl must be one of {IMPLS}, got {value!r}")
-        self.generator.default_impl = value
+        """Synthesis code every render uses (``stylegan2.Impl``): ``synthesis`` when set, else
+        by device: "fast" on CPU, "batched" on GPU. "reference" is the same maths, tested
+        against the golden data; the others are tested against it."""
+        return self.synthesis or auto_impl(self.device)
 
     def autocast(self):
         """The precision context every model call runs in."""
@@ -175,7 +134,9 @@ class CSLAPipeline:
     ) -> torch.Tensor:
         """W / W+ -> images [B, 3, R, R] in the generator's range (nominally [-1, 1])."""
         with self.autocast():
-            images = self.generator(wplus.to(self.device), noise_mode, max_resolution, generator)
+            images = self.generator(
+                wplus.to(self.device), noise_mode, max_resolution, generator, impl=self.impl
+            )
         return images.float()
 
     @torch.inference_mode()
@@ -188,7 +149,7 @@ class CSLAPipeline:
         """StyleSpace -> images (for edits made in S)."""
         with self.autocast():
             images = self.generator.synthesize(
-                [s.to(self.device) for s in styles], noise_mode, max_resolution, None
+                [s.to(self.device) for s in styles], noise_mode, max_resolution, None, self.impl
             )
         return images.float()
 
@@ -202,7 +163,7 @@ class CSLAPipeline:
 
     def editor(self) -> TextEditor:
         """The CSLA editor (mappers + CLIP + generator), built on first use."""
-        from .editing import TextEditor
+        from .editing.editor import TextEditor
 
         if self.mappers is None:
             raise CSLAError("No trained CSLA mappers are loaded.")
@@ -239,7 +200,7 @@ class CSLAPipeline:
         ``strength="auto"`` picks, for the edit as a whole, the strength at which the
         unperturbed edit raises the CLIP similarity to the prompt by ``target_clip_gain``
         (default 0.04), measured on 256 px renders in at most 8 renders (see
-        ``csla_core.auto_strength``); ``EditOutput.strength`` and ``strength_search`` report it,
+        ``csla_core.editing.strength``); ``EditOutput.strength`` and ``strength_search`` report it,
         and a notice says when the target is out of reach within strength +-3.
         Pass ``image_embedding`` (from ``image_embedding(wplus)``) to skip re-rendering the
         input on every slider move. ``rank=True`` draws twice as many candidates and keeps the
@@ -293,7 +254,7 @@ class CSLAPipeline:
     def _auto_strength(
         self, wplus, target_prompt, source_prompt, image_embedding, target_gain
     ) -> StrengthSearch:
-        from .auto_strength import calibrate_prompt_strength
+        from .editing.strength import calibrate_prompt_strength
 
         with torch.inference_mode(), self.autocast():
             return calibrate_prompt_strength(
@@ -308,7 +269,7 @@ class CSLAPipeline:
             )
 
     def _baseline_edit(self, wplus, target_prompt, source_prompt, strength, seed) -> EditOutput:
-        from .baselines import LatentOptimiser, OptimisationConfig
+        from .editing.optimise import LatentOptimiser, OptimisationConfig
 
         clip = self._require_clip()
         optimiser = LatentOptimiser(
@@ -356,14 +317,14 @@ class CSLAPipeline:
     # ------------------------------------------------------------------ photos
     def _detector(self):
         if self.face_detector is None:
-            from .faces import get_default_detector
+            from .faces.core import get_default_detector
 
             self.face_detector = get_default_detector(self.device)
         return self.face_detector
 
     def detect_faces(self, photo) -> list[Face]:
         """Every face in a photo (path, bytes, PIL or array), largest first."""
-        from .faces import load_image
+        from .faces.core import load_image
 
         return self._detector().detect(load_image(photo))
 
@@ -372,7 +333,7 @@ class CSLAPipeline:
 
         ``photo``: path, bytes, file object, PIL image or uint8 array; any mode, EXIF-rotated.
         """
-        from .faces import align_face, crop_to_tensor, load_image, select_face
+        from .faces.core import align_face, crop_to_tensor, load_image, select_face
 
         image = load_image(photo)
         detector = self._detector()
@@ -388,241 +349,8 @@ class CSLAPipeline:
     def paste(self, inversion: Inversion, face: Image.Image | torch.Tensor) -> Image.Image:
         """An edited face (PIL, or a [1, 3, H, W] tensor in [-1, 1]) blended back into the
         original photo at its full resolution."""
-        from .faces import paste_back
+        from .faces.core import paste_back
 
         if isinstance(face, torch.Tensor):
             face = tensor_to_pil(face[:1])[0]
         return paste_back(inversion.photo, face, inversion.aligned)
-
-
-# ---------------------------------------------------------------------- construction
-def _seeded_build(seed: int, build):
-    """Build a module from a fixed seed without disturbing the caller's random state."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return build()
-
-
-def _frozen(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-    module.eval().requires_grad_(False)
-    if isinstance(module, Generator):
-        # The fast path is a per-sample CPU arrangement; on a GPU the batched path's grouped
-        # convolutions render a batch of samples in one go.
-        module.default_impl = "fast" if device.type == "cpu" else "batched"
-    return module.to(device)
-
-
-def _random_models(seed: int, size: int) -> tuple[Generator, Encoder4Editing, torch.Tensor]:
-    generator = _seeded_build(seed, lambda: Generator(GeneratorConfig(size=size)))
-    # Untrained noise strengths are zero, which would make every noise mode look the same;
-    # trained models have non-zero ones, so give them a typical value.
-    with torch.no_grad():
-        for module in generator.modules():
-            if isinstance(module, NoiseInjection):
-                module.weight.fill_(0.1)
-    encoder = _seeded_build(seed + 1, lambda: Encoder4Editing(EncoderConfig(stylegan_size=size)))
-    with torch.no_grad():
-        w_avg = generator.mean_latent(4096, torch.Generator().manual_seed(seed + 2))
-    return generator, encoder, w_avg.expand(generator.n_latent, -1).clone()
-
-
-def _latent_avg_rows(latent_avg: torch.Tensor | None, generator: Generator) -> torch.Tensor:
-    if latent_avg is None:
-        with torch.no_grad():
-            latent_avg = generator.mean_latent(10_000, torch.Generator().manual_seed(0))
-    latent_avg = latent_avg.detach().float().reshape(-1, generator.style_dim)
-    if latent_avg.shape[0] == 1:
-        latent_avg = latent_avg.expand(generator.n_latent, -1)
-    if latent_avg.shape[0] != generator.n_latent:
-        raise WeightsError(
-            f"latent_avg has {latent_avg.shape[0]} rows, expected 1 or {generator.n_latent}."
-        )
-    return latent_avg.clone()
-
-
-def _generator_from_state(state: dict) -> Generator:
-    config = GeneratorConfig(**weights.generator_config_from_state(state))
-    generator = Generator(config)
-    weights.load_state_strict(generator, state, "StyleGAN2 generator")
-    return generator
-
-
-def _random_clip(seed: int, device: torch.device, tiny: bool = False):
-    import open_clip
-
-    from .clip_space import ClipEmbedder, build_tiny_clip
-
-    if tiny:
-        return build_tiny_clip(seed + 3, embed_dim=64, image_size=32).to(device)
-    model = _seeded_build(seed + 3, lambda: open_clip.create_model(CLIP_MODEL_NAME))
-    return ClipEmbedder(model, open_clip.get_tokenizer(CLIP_TOKENIZER_NAME)).to(device)
-
-
-def _random_mappers(seed: int, generator: Generator, clip, latent_avg: torch.Tensor):
-    from .mappers import CSLAMappers, mapper_config_for
-
-    config = mapper_config_for(generator, clip.embed_dim, meta={"weights": "random"})
-    mappers = _seeded_build(seed + 4, lambda: CSLAMappers(config))
-    mappers.latent_avg.copy_(latent_avg)
-    return mappers.eval().requires_grad_(False)
-
-
-def find_mappers(
-    path: str | os.PathLike | None, directory: Path, repo: str | None, allow_download: bool
-) -> Path | None:
-    """Trained mappers: explicit path / CSLA_MAPPERS / checkpoint folder, else a hub repo given
-    by ``repo`` or ``CSLA_MAPPERS_REPO`` (no official mappers exist: the repo is the user's
-    choice, so it is not pinned). None when there are none: edits then use the baseline."""
-    local = weights.find_local(weights.CSLA_MAPPERS, path=path, directory=directory)
-    if local is not None:
-        return local.path
-    repo = repo or os.environ.get("CSLA_MAPPERS_REPO")
-    if not repo:
-        return None
-    if not allow_download or weights.hub_offline():
-        raise WeightsError(
-            f"CSLA mappers from {repo} were asked for, but downloads are off; put "
-            f"{weights.CSLA_MAPPERS.filename} in {directory.resolve()}/ instead."
-        )
-    from huggingface_hub import hf_hub_download
-
-    try:
-        return Path(hf_hub_download(repo, weights.CSLA_MAPPERS.filename))
-    except Exception as exc:  # any hub failure means the same thing to the user
-        raise WeightsError(f"Could not download CSLA mappers from {repo}: {exc}") from exc
-
-
-def load_pipeline(
-    *,
-    device: str | torch.device | None = None,
-    random_weights: bool = False,
-    checkpoint_dir: str | os.PathLike | None = None,
-    e4e_path: str | os.PathLike | None = None,
-    stylegan2_path: str | os.PathLike | None = None,
-    clip_path: str | os.PathLike | None = None,
-    mappers_path: str | os.PathLike | None = None,
-    mappers_repo: str | None = None,
-    with_encoder: bool = True,
-    with_clip: bool = True,
-    allow_download: bool = True,
-    size: int = 1024,
-    seed: int = 0,
-    precision: str = "fp32",
-    tiny_clip: bool = False,
-    tune_allocator: bool = True,
-) -> CSLAPipeline:
-    """Build the pipeline.
-
-    - ``random_weights=True``: the same full-size architectures, untrained and seeded; nothing is
-      read or downloaded. Every front end shows ``pipeline.notice``.
-    - otherwise: e4e's ``e4e_ffhq_encode.pt`` gives encoder, generator and latent_avg in one
-      file; ``stylegan2_path`` (rosinality ``{'g_ema', 'latent_avg'}``) replaces the generator,
-      and with ``with_encoder=False`` it is all that is read (generator-only use; without it,
-      ``with_encoder=False`` takes the generator from the e4e file and skips the encoder). CLIP is
-      open_clip's ``ViT-B-32-quickgelu`` with OpenAI's weights (``with_clip=False`` skips it:
-      inversion and rendering need no CLIP).
-    Files are found as described in ``csla_core.weights`` (argument, env var, checkpoint folder,
-    hub cache, pinned download); when several are missing, one error names them all.
-    ``precision``: "fp32" (default), "fp16" (CUDA) or "bf16" (autocast; within 2e-2 of fp32).
-    ``size`` and ``tiny_clip`` (random weights only): a smaller generator, and a small random CLIP
-    with the real tokenizer instead of ViT-B/32, for fast tests of everything around the models.
-    ``tune_allocator`` (default on): keep freed tensor memory in the process for reuse
-    (``csla_core.runtime.tune_cpu_allocator``; glibc only, process-wide): a 1024 render on 2
-    CPU cores takes 0.43 s instead of 0.65 s, and the process keeps its memory high-water mark
-    (0.1-0.3 GB more for the app serving 1024 px edits). False leaves the C library's allocator
-    as it is.
-    """
-    if tune_allocator:
-        tune_cpu_allocator()
-    device = usable_device(device)
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
-    if tiny_clip and not random_weights:
-        raise ValueError("tiny_clip=True is for random_weights=True only")
-    if random_weights:
-        generator, encoder, latent_avg = _random_models(seed, size)
-        sources = {"generator": "random", "encoder": "random"}
-        clip = mappers = None
-        if with_clip:
-            clip = _random_clip(seed, device, tiny=tiny_clip)
-            mappers = _random_mappers(seed, generator, clip, latent_avg).to(device)
-            sources.update(clip="random", mappers="random")
-        return CSLAPipeline(
-            generator=_frozen(generator, device),
-            encoder=_frozen(encoder, device),
-            latent_avg=latent_avg.to(device),
-            device=device,
-            random_weights=True,
-            sources=sources,
-            clip=clip,
-            mappers=mappers,
-            precision=precision,
-        )
-
-    folder = weights.checkpoint_dir(checkpoint_dir)
-    wanted: dict[weights.WeightSpec, str | os.PathLike | None] = {}
-    stylegan2_asked = stylegan2_path is not None or bool(
-        os.environ.get(weights.STYLEGAN2_FFHQ.env_var)
-    )
-    if stylegan2_asked:
-        wanted[weights.STYLEGAN2_FFHQ] = stylegan2_path
-    if with_encoder or not stylegan2_asked:  # the e4e file also carries the generator
-        wanted[weights.E4E_FFHQ] = e4e_path
-    if with_clip:
-        wanted[weights.CLIP_VIT_B32] = clip_path
-    files = weights.resolve_many(wanted, directory=folder, allow_download=allow_download)
-
-    sources: dict[str, str] = {}
-    generator = encoder = latent_avg = None
-    if weights.STYLEGAN2_FFHQ in files:
-        state, latent_avg = weights.read_stylegan2_checkpoint(files[weights.STYLEGAN2_FFHQ])
-        generator = _generator_from_state(state)
-        sources["generator"] = str(files[weights.STYLEGAN2_FFHQ])
-        del state
-    if weights.E4E_FFHQ in files:
-        e4e_file = files[weights.E4E_FFHQ]
-        ckpt = weights.read_e4e_checkpoint(e4e_file)
-        if generator is None:
-            generator = _generator_from_state(ckpt.generator_state)
-            sources["generator"] = str(e4e_file)
-        if with_encoder:
-            e4e_size = weights.generator_config_from_state(ckpt.generator_state)["size"]
-            encoder = Encoder4Editing(EncoderConfig(stylegan_size=e4e_size))
-            weights.load_state_strict(encoder, ckpt.encoder_state, "e4e encoder")
-            sources["encoder"] = str(e4e_file)
-        # e4e's latent_avg is the one its encoder was trained against: it wins.
-        latent_avg = ckpt.latent_avg
-        del ckpt
-    assert generator is not None
-    if encoder is not None and encoder.n_styles != generator.n_latent:
-        raise WeightsError(
-            f"The encoder predicts {encoder.n_styles} W+ rows but the generator takes "
-            f"{generator.n_latent}: the two files are for different resolutions."
-        )
-    clip = None
-    if weights.CLIP_VIT_B32 in files:
-        from .clip_space import ClipEmbedder
-
-        clip = ClipEmbedder.from_pretrained(
-            str(files[weights.CLIP_VIT_B32]), CLIP_MODEL_NAME, device=device
-        )
-        sources["clip"] = str(files[weights.CLIP_VIT_B32])
-    mappers = None
-    mappers_file = (
-        find_mappers(mappers_path, folder, mappers_repo, allow_download) if with_clip else None
-    )
-    if mappers_file is not None:
-        from .mappers import CSLAMappers
-
-        mappers = CSLAMappers.load(mappers_file, device=device)
-        sources["mappers"] = str(mappers_file)
-    return CSLAPipeline(
-        generator=_frozen(generator, device),
-        encoder=_frozen(encoder, device) if encoder is not None else None,
-        latent_avg=_latent_avg_rows(latent_avg, generator).to(device),
-        device=device,
-        sources=sources,
-        clip=clip,
-        mappers=mappers,
-        precision=precision,
-    )

@@ -8,9 +8,10 @@ import math
 import pytest
 import torch
 
-from csla_core.ablation import ablate_command, parse_variants, run_ablation
 from csla_core.errors import CSLAError
-from csla_core.train import TrainConfig, build_tiny_models
+from csla_core.evaluation.ablation import ablate_command, parse_variants, run_ablation
+from csla_core.models.builders import build_tiny_models
+from csla_core.training.loop import TrainConfig
 
 # A few steps of a very small run: enough to exercise every stage, not to learn anything.
 # The pool makes the second variant of the command reuse the first one's renders.

@@ -222,7 +222,7 @@ def test_pipeline_errors_keep_their_message():
 
 
 def test_missing_photo_is_a_readable_error():
-    from csla_core.session import NO_PHOTO_MESSAGE, NoPhotoError
+    from csla_core.service.session import NO_PHOTO_MESSAGE, NoPhotoError
 
     error = app.user_error(NoPhotoError(NO_PHOTO_MESSAGE))
     assert error.message == "Upload a portrait (or pick the example) first."
@@ -234,7 +234,7 @@ def test_sessions_do_not_share_caches(demo, client, server):
     import gradio as gr
     from gradio_client import Client, handle_file
 
-    from csla_core.session import SessionCache
+    from csla_core.service.session import SessionCache
 
     other = Client(server, verbose=False)
     for each in (client, other):
@@ -433,6 +433,7 @@ def test_browser_upload_prompt_release_slider_gives_a_gallery(server, browser):
         found = re.search(r"strength ([+-]\d+\.\d+) \(auto\)", page.locator("#status").inner_text())
         assert found is not None
         page.wait_for_function(
+            # the slider snaps to its 0.1 step: half a step, plus float slack
             "([n, v]) => Math.abs(parseFloat(n.value) - v) < 0.051",
             arg=[number.element_handle(), float(found.group(1))],
             timeout=30_000,

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from csla_core.auto_strength import parse_strength, search_strength
+from csla_core.editing.strength import parse_strength, search_strength
 
 
 def power_gain(scale: float, power: float):
@@ -22,16 +22,16 @@ def test_reachable_targets_are_met_within_tolerance_in_eight_renders(scale, powe
     target = fraction * scale * 3.0**power  # reachable within the default range of 3
     search = search_strength(power_gain(scale, power), target)
     assert search.reached
-    assert abs(search.gain - target) <= 0.05 * target
+    assert abs(search.gain - target) <= 0.05 * target  # the search's DEFAULT_TOLERANCE
     assert search.renders <= 8 and len(search.tried) == search.renders
     assert 0 < search.strength <= 3.0
-    assert search.gain == pytest.approx(power_gain(scale, power)(search.strength))
+    assert search.gain == pytest.approx(power_gain(scale, power)(search.strength))  # same call
 
 
 def test_negative_target_gives_a_negative_strength():
     search = search_strength(power_gain(0.03, 1.0), -0.02)
     assert search.reached and search.strength < 0
-    assert search.strength == pytest.approx(-2 / 3, rel=0.05)
+    assert search.strength == pytest.approx(-2 / 3, rel=0.05)  # linear gain: 5% in gain, 5% here
 
 
 def test_unreachable_target_reports_the_range_limit():

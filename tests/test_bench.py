@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import math
 
-from csla_core.bench import bench_command, format_report
+from csla_core.evaluation.bench import bench_command, format_report
 
 STAGES = [
     "generator 64, fast path",
@@ -50,9 +50,10 @@ def test_bench_reports_every_stage_with_ratios_and_parity(tmp_path, capsys):
     assert report["machine"]["allocator"]
     assert report["machine"]["cpu"]
     assert "samples/s" in timings["training samples (batch 4, 256 px -> CLIP)"]["note"]
-    # Same picture: the fast paths stay within the 2e-2 of the reference path.
+    # Same picture. The 2e-2 is for reduced precision; this run is fp32: measured fast
+    # 2.3e-6, batched 0 (AMD EPYC AVX-512, torch 2.14.1), bound as in test_pipeline (13x that).
     assert set(report["parity_vs_reference"]) == {"batched", "fast"}
-    assert all(error < 2e-2 for error in report["parity_vs_reference"].values())
+    assert all(error < 3e-5 for error in report["parity_vs_reference"].values())
     # The targets are for the real size only: a smoke run claims none.
     printed = capsys.readouterr().out
     assert not report["targets_checked"] and "target <= 3.5GB" not in printed

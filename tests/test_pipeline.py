@@ -62,8 +62,10 @@ def test_w_and_wplus_and_stylespace_render_the_same(small_pipe):
     from_wplus = small_pipe.render(w[:, None].expand(-1, small_pipe.n_latent, -1))
     from_s = small_pipe.render_styles(small_pipe.styles(w))
     assert torch.equal(from_w, from_wplus) and torch.equal(from_w, from_s)
-    # batch items are independent
-    assert torch.allclose(small_pipe.render(w[1:]), from_w[1:], atol=1e-5, rtol=1e-4)
+    # batch items are independent. Another batch size picks other oneDNN kernels: measured 7.2e-7
+    # on a 2-core AMD EPYC (AVX-512), torch 2.14.1; bound 14x that; the other item's image: 0.82.
+    alone = small_pipe.render(w[1:])
+    assert float((alone - from_w[1:]).norm() / from_w[1:].norm()) < 1e-5
 
 
 def test_editing_one_stylespace_channel_changes_the_image(small_pipe):
@@ -73,7 +75,7 @@ def test_editing_one_stylespace_channel_changes_the_image(small_pipe):
     edited = [s.clone() for s in styles]
     edited[5][0, 7] += 5.0
     changed = small_pipe.render_styles(edited)
-    assert (changed - base).abs().max() > 1e-3
+    assert (changed - base).abs().max() > 1e-3  # measured 0.76
     assert torch.equal(small_pipe.render_styles([s.clone() for s in styles]), base)
 
 
@@ -94,9 +96,11 @@ def test_invert_aligned_adds_latent_avg_and_resizes(small_pipe):
     wplus = small_pipe.invert_aligned(image)
     assert wplus.shape == (1, small_pipe.n_latent, 512)
     raw = small_pipe.encoder(image)
-    torch.testing.assert_close(wplus, raw + small_pipe.latent_avg)
+    torch.testing.assert_close(wplus, raw + small_pipe.latent_avg)  # the same sum: bit-identical
     big = torch.nn.functional.interpolate(image, scale_factor=4, mode="nearest")
-    torch.testing.assert_close(small_pipe.invert_aligned(big), wplus, atol=1e-4, rtol=1e-4)
+    # Resizing back to 256 rounds by 2.4e-7 (max abs, in and out, AMD EPYC AVX-512, torch 2.14.1):
+    # 1e-5 is 40x that, elementwise 140x.
+    torch.testing.assert_close(small_pipe.invert_aligned(big), wplus, atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match=r"expected \[B, 3, H, W\]"):
         small_pipe.invert_aligned(image[0])
 
@@ -105,7 +109,7 @@ def test_random_weights_are_seeded():
     a = load_pipeline(random_weights=True, device="cpu", size=32, seed=0, with_clip=False)
     b = load_pipeline(random_weights=True, device="cpu", size=32, seed=0, with_clip=False)
     c = load_pipeline(random_weights=True, device="cpu", size=32, seed=1, with_clip=False)
-    torch.testing.assert_close(a.latent_avg, b.latent_avg)
+    torch.testing.assert_close(a.latent_avg, b.latent_avg)  # bit-identical here
     assert not torch.allclose(a.latent_avg, c.latent_avg)
 
 
@@ -128,7 +132,9 @@ def test_faster_paths_match_reference_path(small_pipe, noise_mode):
             for impl in ("batched", "fast"):
                 out = generator(w, noise_mode, resolution, torch.Generator().manual_seed(9), impl)
                 assert out.shape == ref.shape
-                assert float((out - ref).norm() / ref.norm()) < 1e-5, impl
+                # Same maths (float64: 4e-15); fp32 on a 2-core AMD EPYC (AVX-512), torch 2.14.1:
+                # fast 1.4e-6, batched 0. Bound 20x that; a 1% gain on one noise input: 6.5e-4.
+                assert float((out - ref).norm() / ref.norm()) < 3e-5, impl
     with pytest.raises(ValueError, match="impl must be one of"):
         generator(w, impl="native")
     assert small_pipe.impl == "fast"  # what users get by default
@@ -187,7 +193,13 @@ def test_fast_path_supports_gradients():
 
 
 def test_reduced_precision_matches_fp32_within_tolerance():
-    """bf16 autocast (the GPU fp16/bf16 path, exercised here on CPU) stays within 2e-2 of fp32."""
+    """bf16 autocast (the GPU fp16/bf16 path, exercised here on CPU) stays within 2e-2 of fp32.
+
+    2e-2 is the documented bf16 tolerance (README of tests/fixtures/golden). Measured on a 2-core
+    AMD EPYC (AVX-512, bf16), torch 2.14.1: render 8.1e-3 (7.3e-3..1.2e-2 over six latents),
+    encoder output 3.9e-3. That is bf16 rounding, not summation order (fp32 differences are 1e-6),
+    so it hardly moves with the CPU. The lower bound 1e-4 fails when bf16 is not used at all.
+    """
     fp32 = load_pipeline(random_weights=True, device="cpu", size=64, seed=3, with_clip=False)
     bf16 = load_pipeline(
         random_weights=True, device="cpu", size=64, seed=3, with_clip=False, precision="bf16"
@@ -195,10 +207,13 @@ def test_reduced_precision_matches_fp32_within_tolerance():
     w = fp32.generator.mapping(torch.randn(2, 512, generator=torch.Generator().manual_seed(6)))
     reference, reduced = fp32.render(w), bf16.render(w)
     assert reduced.dtype == torch.float32
-    assert float((reduced - reference).norm() / reference.norm()) < 2e-2
+    assert 1e-4 < float((reduced - reference).norm() / reference.norm()) < 2e-2
     image = torch.rand(1, 3, 256, 256, generator=torch.Generator().manual_seed(1)) * 2 - 1
-    codes, codes_bf16 = fp32.invert_aligned(image), bf16.invert_aligned(image)
-    assert float((codes_bf16 - codes).norm() / codes.norm()) < 2e-2
+    # The encoder's output, without latent_avg (which is 99% of the code: an encoder giving zeros
+    # would be within 1e-2 of the codes).
+    codes = fp32.invert_aligned(image) - fp32.latent_avg
+    codes_bf16 = bf16.invert_aligned(image) - bf16.latent_avg
+    assert 1e-4 < float((codes_bf16 - codes).norm() / codes.norm()) < 2e-2
     with pytest.raises(ValueError, match="precision"):
         load_pipeline(random_weights=True, device="cpu", size=32, with_clip=False, precision="fp8")
 
@@ -217,8 +232,8 @@ def test_an_unusable_device_is_a_clear_error(device, words):
 def test_polyphase_upsampling_equals_transposed_convolution_then_blur(size):
     """The fast path's upsampling (four phase convolutions written into the blur's padded
     input) is the reference's transposed convolution + FIR blur, borders included."""
-    from csla_core.ops import make_fir_kernel, upfirdn2d
-    from csla_core.stylegan2 import POLYPHASE_ORDER, POLYPHASE_TAPS, _polyphase_upsample_blur
+    from csla_core.models.ops import make_fir_kernel, upfirdn2d
+    from csla_core.models.stylegan2 import POLYPHASE_ORDER, POLYPHASE_TAPS, _polyphase_upsample_blur
 
     rng = torch.Generator().manual_seed(size)
     x = torch.randn(1, 5, size, size, generator=rng)
@@ -238,6 +253,8 @@ def test_polyphase_upsampling_equals_transposed_convolution_then_blur(size):
     out = _polyphase_upsample_blur(held, phases, blur, bias)
     assert held == []  # the input is handed over, to be freed as early as possible
     assert out.shape == (1, 7, 2 * size + 1, 2 * size + 1)  # one margin row and column
+    # Measured (AMD EPYC AVX-512, torch 2.14.1): within 1/11 of this bound, max abs 1.9e-6 (float64:
+    # 7e-15); a 1% blur gain: 0.16.
     torch.testing.assert_close(out[:, :, : 2 * size, : 2 * size], expected, rtol=1e-5, atol=1e-5)
 
 
@@ -252,5 +269,6 @@ def test_fast_path_follows_new_weights():
     generator.load_state_dict(other.generator.state_dict())
     with torch.inference_mode():
         after, reference = generator(w, impl="fast"), generator(w, impl="reference")
-    assert float((after - before).norm() / before.norm()) > 0.1
-    assert float((after - reference).norm() / reference.norm()) < 1e-5
+    assert float((after - before).norm() / before.norm()) > 0.1  # measured 1.12
+    # As in test_faster_paths_match_reference_path: measured 1.7e-6 (AMD EPYC AVX-512, torch 2.14.1).
+    assert float((after - reference).norm() / reference.norm()) < 3e-5

@@ -8,8 +8,8 @@ import json
 import huggingface_hub
 import pytest
 
-from csla_core.mappers import CSLAMappers
-from csla_core.train import train_command
+from csla_core.models.mappers import CSLAMappers
+from csla_core.training.loop import train_command
 
 
 class RecordingApi:

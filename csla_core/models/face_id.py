@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import WeightsError
+from ..errors import WeightsError
 
 FaceEmbedder = Callable[[torch.Tensor], torch.Tensor]  # [B,3,H,W] in [-1,1] -> [B, E]
 
@@ -263,8 +263,8 @@ def embed_photo(net: MobileFaceNet, photo: object, detector: object | None = Non
                 face_index: int = 0) -> torch.Tensor:
     """MobileFaceNet embedding [256] of a face in a photo (path, PIL, ...), aligned from
     ``faces.FaceDetector`` landmarks (largest face first)."""
-    from .faces import get_default_detector, load_image, select_face
-    from .imaging import pil_to_tensor
+    from ..faces.core import get_default_detector, load_image, select_face
+    from ..imaging import pil_to_tensor
 
     image = load_image(photo)
     detector = detector or get_default_detector()

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 import torch
 
 if TYPE_CHECKING:
-    from .editing import TextEditor
+    from .editor import TextEditor
 
 AUTO = "auto"
 # [ours] A clearly visible edit in StyleCLIP-style editors raises CLIP's image-text cosine by a

@@ -47,9 +47,10 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
-from .clip_space import ClipEmbedder, build_tiny_clip
-from .errors import CSLAError, WeightsError
-from .mappers import (
+from ..errors import CSLAError, WeightsError
+from ..models.builders import build_tiny_models
+from ..models.clip import ClipEmbedder
+from ..models.mappers import (
     CENTRE_STRATEGIES,
     MIXING_MODES,
     CSLAMappers,
@@ -58,26 +59,7 @@ from .mappers import (
     flatten_styles,
     mapper_config_for,
 )
-from .stylegan2 import Generator, GeneratorConfig
-
-# [ours] The tiny CPU models. The generator keeps 512 channels up to 32 px whatever the
-# multiplier, so its cost is set by the render size: tests and demos render at 8 px (CLIP
-# upsamples).
-# style_dim 16: a tiny random CLIP (64-d) cannot resolve a 64-d W from 8 px renders (measured).
-TINY_GENERATOR = GeneratorConfig(size=32, style_dim=16, n_mlp=2, channel_multiplier=1)
-TINY_CLIP = {"embed_dim": 64, "image_size": 32}
-
-
-def build_tiny_models(seed: int = 0) -> tuple[Generator, ClipEmbedder]:
-    """Random tiny generator + CLIP for tests and CPU demos (no download)."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        generator = Generator(TINY_GENERATOR).eval()
-    if hasattr(generator, "default_impl"):
-        # Same maths as the reference synthesis, ~4x faster on CPU (measured: 113 vs 25
-        # samples/s at 8 px, batch 64); training/editing never pass ``impl`` themselves.
-        generator.default_impl = "fast"
-    return generator, build_tiny_clip(seed=seed, **TINY_CLIP)  # type: ignore[arg-type]
+from ..models.stylegan2 import Generator
 
 
 @dataclass
@@ -402,7 +384,7 @@ def _train(generator: Generator, clip: ClipEmbedder, config: TrainConfig, output
         lr_mul=cfg.lr_mul, input_pixelnorm=cfg.input_pixelnorm, map_s=cfg.map_s,
         mixing=cfg.mixing, mixing_hidden=cfg.mixing_hidden, centre=cfg.centre,
         stats_momentum=cfg.stats_momentum,
-        meta={"clip_model": cfg.clip_model_name, "trainer": "csla_core.train"},
+        meta={"clip_model": cfg.clip_model_name, "trainer": "csla_core.training.loop"},
     )
     torch.manual_seed(cfg.seed)  # identical initial weights on every process and every run
     mappers = CSLAMappers(mcfg).to(device)
@@ -608,7 +590,7 @@ def model_card(output_dir: str | Path, repo_id: str) -> str:
         "CLIP-residual -> StyleGAN2 W+/S residual mappers trained data-free, an implementation of",
         "*Bridging CLIP and StyleGAN through Latent Alignment for Image Editing*",
         "(arXiv 2210.04506). Weights: `mappers.safetensors` (config in the metadata and in",
-        "`mappers.json`). Load with `csla_core.mappers.CSLAMappers.load(path)`.", "",
+        "`mappers.json`). Load with `csla_core.models.mappers.CSLAMappers.load(path)`.", "",
         "## Training", "```json", json.dumps(cfg, indent=2), "```", "",
         "## Measured", "```json", json.dumps(stats, indent=2), "```", "",
     ]
@@ -652,7 +634,7 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
 
 def pipeline_models(args: argparse.Namespace) -> tuple[Generator, ClipEmbedder]:
     """The real generator and CLIP, found like every other weight (see ``csla_core.weights``)."""
-    from .pipeline import load_pipeline
+    from ..loading import load_pipeline
 
     pipe = load_pipeline(checkpoint_dir=args.checkpoint_dir, with_encoder=False)
     assert pipe.clip is not None

@@ -45,11 +45,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .auto_strength import AUTO, DEFAULT_TARGET_CLIP_GAIN, calibrate_prompt_strength, parse_strength
-from .clip_space import ClipEmbedder
-from .errors import CSLAError, WeightsError
-from .mappers import CSLAMappers, MappedResiduals, generator_styles_fn, split_styles
-from .stylegan2 import Generator
+from ..errors import CSLAError, WeightsError
+from ..models.clip import ClipEmbedder
+from ..models.mappers import CSLAMappers, MappedResiduals, generator_styles_fn, split_styles
+from ..models.stylegan2 import Generator
+from .strength import AUTO, DEFAULT_TARGET_CLIP_GAIN, calibrate_prompt_strength, parse_strength
 
 
 @dataclass
@@ -327,7 +327,7 @@ def _load_wplus(path: Path) -> torch.Tensor:
 
 
 def _common_parser(prog: str, description: str) -> argparse.ArgumentParser:
-    from .train import add_model_args
+    from ..training.loop import add_model_args
 
     p = argparse.ArgumentParser(prog=prog, description=description)
     add_model_args(p)
@@ -345,7 +345,7 @@ def _common_parser(prog: str, description: str) -> argparse.ArgumentParser:
 
 
 def _setup(args: argparse.Namespace, load_models: object) -> tuple[Generator, ClipEmbedder]:
-    from .train import resolve_models
+    from ..training.loop import resolve_models
 
     generator, clip, _ = resolve_models(args, load_models)  # type: ignore[arg-type]
     return generator, clip
@@ -387,7 +387,7 @@ def edit_command(argv: Sequence[str] | None = None, load_models: object = None) 
                 wplus = generator.to_wplus(generator.mapping(z))
         search = None
         if args.method == "optimise":
-            from .baselines import LatentOptimiser, OptimisationConfig
+            from .optimise import LatentOptimiser, OptimisationConfig
 
             if args.strength == AUTO:
                 raise CSLAError("--strength auto needs the CSLA mappers (--method csla)")

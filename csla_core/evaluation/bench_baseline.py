@@ -5,7 +5,7 @@ the C library's default allocator settings, as it does in the reference implemen
 the bench's own process has ``load_pipeline``'s allocator tuning (``csla_core.runtime``).
 Prints one JSON object: the median seconds of a reference-path render at each resolution.
 
-    python -m csla_core.bench_baseline --size 1024 --resolutions 1024 256 --repeats 3
+    python -m csla_core.evaluation.bench_baseline --size 1024 --resolutions 1024 256 --repeats 3
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from .stylegan2 import Generator
+from ..models.stylegan2 import Generator
 
 
 def reference_render_times(
@@ -42,7 +42,7 @@ def reference_render_times(
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m csla_core.bench_baseline", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m csla_core.evaluation.bench_baseline", description=__doc__)
     parser.add_argument("--size", type=int, default=1024)
     parser.add_argument("--resolutions", type=int, nargs="+", default=[1024])
     parser.add_argument("--repeats", type=int, default=3)

@@ -30,12 +30,12 @@ from pathlib import Path
 
 import torch
 
-from .clip_space import ClipEmbedder
-from .editing import TextEditor
-from .errors import CSLAError
-from .mappers import CENTRE_STRATEGIES, MIXING_MODES, CSLAMappers
-from .stylegan2 import Generator
-from .train import (
+from ..editing.editor import TextEditor
+from ..errors import CSLAError
+from ..models.clip import ClipEmbedder
+from ..models.mappers import CENTRE_STRATEGIES, MIXING_MODES, CSLAMappers
+from ..models.stylegan2 import Generator
+from ..training.loop import (
     LoadModels,
     SampleCache,
     Samples,

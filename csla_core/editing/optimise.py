@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .clip_space import ClipEmbedder
-from .editing import EditResult
-from .stylegan2 import Generator
+from ..models.clip import ClipEmbedder
+from ..models.stylegan2 import Generator
+from .editor import EditResult
 
 
 @dataclass

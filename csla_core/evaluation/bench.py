@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from .runtime import allocator_settings, cpu_description, minor_page_faults
+from ..runtime import allocator_settings, cpu_description, minor_page_faults
 
 # Issue targets for 2 CPU cores in fp32 (seconds per stage), checked by name in the report.
 CPU_TARGETS_S = {
@@ -89,12 +89,12 @@ def _append_note(timing: Timing, note: str) -> None:
 def _reference_default_allocator(
     size: int, resolutions: list[int], repeats: int, device_type: str
 ) -> dict[int, float]:
-    """Reference-path render times from ``csla_core.bench_baseline`` in a fresh process (CPU
+    """Reference-path render times from ``csla_core.evaluation.bench_baseline`` in a fresh process (CPU
     only: on a GPU the allocator is the CUDA caching allocator in both cases)."""
     if device_type != "cpu":
         return {}
     command = [
-        sys.executable, "-m", "csla_core.bench_baseline", "--size", str(size),
+        sys.executable, "-m", "csla_core.evaluation.bench_baseline", "--size", str(size),
         "--repeats", str(repeats), "--threads", str(torch.get_num_threads()),
         "--resolutions", *(str(r) for r in resolutions),
     ]  # fmt: skip
@@ -117,10 +117,10 @@ def run_benchmarks(
 ) -> dict:
     """Every stage's median time. ``size`` < 1024 (with a smaller ``preview``) is a quick smoke
     run of the same stages; the issue's targets are checked at the real size only."""
-    from .faces import benchmark_detect_align
-    from .imaging import tensor_to_pil
-    from .pipeline import load_pipeline
-    from .train import sample_batch
+    from ..faces.core import benchmark_detect_align
+    from ..imaging import tensor_to_pil
+    from ..loading import load_pipeline
+    from ..training.loop import sample_batch
 
     start = time.perf_counter()
     pipe = load_pipeline(random_weights=True, device=device, precision=precision, size=size)

@@ -30,12 +30,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .baselines import OptimisationConfig, optimise_latent
-from .clip_space import ClipEmbedder
-from .editing import TextEditor
-from .errors import CSLAError
-from .identity import load_face_embedder
-from .stylegan2 import Generator
+from ..editing.editor import TextEditor
+from ..editing.optimise import OptimisationConfig, optimise_latent
+from ..errors import CSLAError
+from ..models.clip import ClipEmbedder
+from ..models.face_id import load_face_embedder
+from ..models.stylegan2 import Generator
 
 UNAVAILABLE = "unavailable"
 MetricValue = float | str
@@ -253,8 +253,8 @@ def evaluate(
 
 def evaluate_command(argv: Sequence[str] | None = None, load_models: object = None) -> int:
     """``python -m csla_core evaluate``: print the CSLA vs baseline table (markdown)."""
-    from .mappers import CSLAMappers
-    from .train import add_model_args, resolve_models
+    from ..models.mappers import CSLAMappers
+    from ..training.loop import add_model_args, resolve_models
 
     p = argparse.ArgumentParser(prog="csla evaluate", description="CSLA vs optimisation")
     add_model_args(p)

@@ -49,7 +49,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from .errors import WeightsError
+from ..errors import WeightsError
 from .ops import EqualLinear, PixelNorm
 
 CentreStrategy = Literal["ema", "temporal", "fixed_mean", "wavg_image", "text"]
@@ -127,7 +127,7 @@ def style_rows_for(n_style_layers: int) -> tuple[int, ...]:
 
 
 def mapper_config_for(generator: nn.Module, clip_dim: int, **options: object) -> MapperConfig:
-    """A ``MapperConfig`` matching ``generator`` (a ``csla_core.stylegan2.Generator``)."""
+    """A ``MapperConfig`` matching ``generator`` (a ``csla_core.models.stylegan2.Generator``)."""
     dims = tuple(generator.style_dims)
     meta = dict(options.pop("meta", {}) or {})  # type: ignore[call-overload]
     meta.setdefault("generator", json.dumps(generator.config.to_dict(), sort_keys=True))

@@ -39,13 +39,13 @@ import PIL.Image
 import torch
 from PIL import ImageDraw
 
-from .auto_strength import AUTO as AUTO_STRENGTH
-from .errors import CSLAError, InputImageError, PromptError, WeightsError
-from .imaging import tensor_to_pil
+from ..editing.strength import AUTO as AUTO_STRENGTH
+from ..errors import CSLAError, InputImageError, PromptError, WeightsError
+from ..imaging import tensor_to_pil
 
 if TYPE_CHECKING:  # faces pulls in facenet-pytorch; only its types are needed here
-    from .faces import Face
-    from .pipeline import CSLAPipeline, EditOutput, Inversion
+    from ..faces.core import Face
+    from ..pipeline import CSLAPipeline, EditOutput, Inversion
 
 __all__ = [
     "AUTO_STRENGTH",

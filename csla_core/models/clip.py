@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import PromptError, WeightsError
+from ..errors import PromptError, WeightsError
 
 # [ours] A documented subset of the ImageNet prompt templates of Radford et al. (2021), chosen to
 # be neutral about photo quality and style so the averaged embedding stays on "a photo of X".

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from .errors import CSLAError
+from ..errors import CSLAError
 
 # command -> (module, function, one-line help). Modules import lazily so `--help` stays instant.
 COMMANDS: dict[str, tuple[str, str, str]] = {
@@ -21,7 +21,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "download_command",
         "download every weight file (pinned, verified)",
     ),
-    "align": ("csla_core.faces", "align_command", "detect faces and write the FFHQ-aligned crop"),
+    "align": ("csla_core.faces.core", "align_command", "detect faces and write the FFHQ-aligned crop"),
     "invert": ("csla_core.cli", "invert_command", "photo -> W+ code (.pt) and reconstruction"),
     "edit": (
         "csla_core.cli",
@@ -30,31 +30,31 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     ),
     "generate": ("csla_core.cli", "generate_command", "text-to-image through the CSLA mappers"),
     "train": (
-        "csla_core.train",
+        "csla_core.training.loop",
         "train_command",
         "data-free CSLA mapper training (--tiny: CPU demo)",
     ),
     "ablate": (
-        "csla_core.ablation",
+        "csla_core.evaluation.ablation",
         "ablate_command",
         "train one mapper per centre strategy / mixing mode and compare them",
     ),
     "evaluate": (
-        "csla_core.metrics",
+        "csla_core.evaluation.metrics",
         "evaluate_command",
         "CLIP score, identity, diversity, time: CSLA vs baseline",
     ),
     "edit-latent": (
-        "csla_core.editing",
+        "csla_core.editing.editor",
         "edit_command",
         "edit a W+ code file or a random face (--tiny ok)",
     ),
     "generate-latent": (
-        "csla_core.editing",
+        "csla_core.editing.editor",
         "generate_command",
         "text-to-image to W+ files (--tiny ok)",
     ),
-    "bench": ("csla_core.bench", "bench_command", "per-stage timings at real sizes"),
+    "bench": ("csla_core.evaluation.bench", "bench_command", "per-stage timings at real sizes"),
 }
 
 
@@ -75,7 +75,7 @@ def _add_weight_options(parser: argparse.ArgumentParser) -> None:
 
 
 def download_command(argv: list[str] | None = None) -> int:
-    from . import weights
+    from .. import weights
 
     specs = {s.key: s for s in weights.ALL_SPECS if s.hub is not None}
     parser = argparse.ArgumentParser(
@@ -119,7 +119,7 @@ def _photos(path: str) -> list[Path]:
 
 
 def _pipeline_from(args: argparse.Namespace, **options):
-    from .pipeline import load_pipeline
+    from ..loading import load_pipeline
 
     pipe = load_pipeline(
         device=args.device,
@@ -135,7 +135,7 @@ def _pipeline_from(args: argparse.Namespace, **options):
 
 
 def edit_command(argv: list[str] | None = None) -> int:
-    from .auto_strength import DEFAULT_TARGET_CLIP_GAIN, parse_strength
+    from ..editing.strength import DEFAULT_TARGET_CLIP_GAIN, parse_strength
 
     parser = argparse.ArgumentParser(
         prog="python -m csla_core edit",
@@ -178,7 +178,7 @@ def edit_command(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     from tqdm import tqdm
 
-    from .imaging import tensor_to_pil
+    from ..imaging import tensor_to_pil
 
     failures = 0
     for photo in tqdm(photos, desc="photos", unit="photo", disable=len(photos) == 1):
@@ -224,7 +224,7 @@ def generate_command(argv: list[str] | None = None) -> int:
     _add_weight_options(parser)
     args = parser.parse_args(argv)
     pipe = _pipeline_from(args)
-    from .imaging import tensor_to_pil
+    from ..imaging import tensor_to_pil
 
     result = pipe.generate(args.prompt, n=args.n, seed=args.seed, diversity=args.diversity)
     for notice in result.notices:
@@ -258,8 +258,8 @@ def invert_command(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from .imaging import tensor_to_pil
-    from .pipeline import load_pipeline
+    from ..imaging import tensor_to_pil
+    from ..loading import load_pipeline
 
     pipe = load_pipeline(
         device=args.device,
@@ -278,7 +278,7 @@ def invert_command(argv: list[str] | None = None) -> int:
     tensor_to_pil(pipe.render(inversion.wplus))[0].save(f"{args.output}_reconstruction.png")
     print(f"wrote {args.output}.pt, {args.output}_crop.png, {args.output}_reconstruction.png")
     if args.clip:
-        from .imaging import pil_to_tensor
+        from ..imaging import pil_to_tensor
 
         clip_code = pipe.invert_clip(pil_to_tensor(inversion.aligned.image, 256))
         tensor_to_pil(pipe.render(clip_code))[0].save(f"{args.output}_clip_reconstruction.png")
