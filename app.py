@@ -1,7 +1,7 @@
 """CSLA portrait editor: the Gradio front end.
 
 This file builds the user interface only: its handlers call the editing service
-(``csla_core.service.session``) and turn its errors into messages; every model and image operation lives
+(``csla_core.service``) and turn its errors into messages; every model and image operation lives
 in ``csla_core``.
 
     python app.py                      # real weights (downloaded on first run)
@@ -38,7 +38,7 @@ from gradio import processing_utils
 
 import csla_core
 from csla_core.errors import CSLAError, InputImageError, NoFaceError, PromptError, WeightsError
-from csla_core.service.session import (
+from csla_core.service import (
     AUTO_STRENGTH,
     SESSION_TTL_S,
     EditingService,

@@ -222,7 +222,7 @@ def test_pipeline_errors_keep_their_message():
 
 
 def test_missing_photo_is_a_readable_error():
-    from csla_core.service.session import NO_PHOTO_MESSAGE, NoPhotoError
+    from csla_core.service import NO_PHOTO_MESSAGE, NoPhotoError
 
     error = app.user_error(NoPhotoError(NO_PHOTO_MESSAGE))
     assert error.message == "Upload a portrait (or pick the example) first."
@@ -234,7 +234,7 @@ def test_sessions_do_not_share_caches(demo, client, server):
     import gradio as gr
     from gradio_client import Client, handle_file
 
-    from csla_core.service.session import SessionCache
+    from csla_core.service import SessionCache
 
     other = Client(server, verbose=False)
     for each in (client, other):

@@ -2,7 +2,7 @@
 
 Two layers:
 
-- the editing service (``csla_core.service.session.EditingService.edit_steps``, what the UI's and the API's
+- the editing service (``csla_core.service.EditingService.edit_steps``, what the UI's and the API's
   handlers call), directly and fast, on a small random-weights pipeline (``size=64``): every
   input gives results or a ``csla_core.errors.CSLAError`` with a message; nothing else escapes;
 - the HTTP API of the app (``/edit`` through ``gradio_client`` and, for values gradio_client
@@ -40,7 +40,7 @@ from PIL import Image
 
 from csla_core import session
 from csla_core.errors import CSLAError, InputImageError, NoFaceError, PromptError
-from csla_core.service.session import (
+from csla_core.service import (
     EditingService,
     InvalidSettingError,
     NoPhotoError,

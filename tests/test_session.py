@@ -1,4 +1,4 @@
-"""The editing session service (csla_core.service.session) on its own: no server, no browser, no weights.
+"""The editing session service (csla_core.service) on its own: no server, no browser, no weights.
 
 Model calls go to a small stand-in pipeline that counts them and renders flat colours.
 """
@@ -17,7 +17,7 @@ from PIL import Image
 
 from csla_core import session
 from csla_core.errors import NoFaceError, PromptError, WeightsError
-from csla_core.service.session import (
+from csla_core.service import (
     CachedInversion,
     EditingService,
     NoPhotoError,
