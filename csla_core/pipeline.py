@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .editing.strength import AUTO, DEFAULT_TARGET_CLIP_GAIN, StrengthSearch
+from .editing.result import MAPPERS_METHOD, EditResult
+from .editing.strength import DEFAULT_TARGET_CLIP_GAIN, StrengthSearch, is_auto
 from .errors import CSLAError
 from .imaging import resize_batch, tensor_to_pil
 from .models.e4e import Encoder4Editing
@@ -43,23 +44,6 @@ class Inversion:
     faces: list[Face]  # every face found, largest first
     face_index: int
     photo: Image.Image  # the decoded, upright RGB photo
-
-
-@dataclass
-class EditOutput:
-    """Edited codes for one input (or generated codes for a prompt), on CPU."""
-
-    wplus: torch.Tensor  # [n, n_latent, 512]
-    styles: list[torch.Tensor] | None  # StyleSpace [n, C_i] x 26 when the edit is made in S
-    method: str  # "CSLA mappers" or "optimisation baseline (slower)"
-    notices: list[str] = field(default_factory=list)  # things the user should be told
-    clip_scores: torch.Tensor | None = None  # [n] CLIP similarity to the target, when ranked
-    strength: float | None = None  # the strength used (the chosen one with strength="auto")
-    strength_search: StrengthSearch | None = None  # how "auto" chose it (target, gain, renders)
-
-
-MAPPERS_METHOD = "CSLA mappers"
-BASELINE_METHOD = "optimisation baseline (no trained mappers: slower)"
 
 
 @dataclass
@@ -193,14 +177,14 @@ class CSLAPipeline:
         image_embedding: torch.Tensor | None = None,
         rank: bool = False,
         target_clip_gain: float = DEFAULT_TARGET_CLIP_GAIN,
-    ) -> EditOutput:
+    ) -> EditResult:
         """``n_samples`` different edits of one code [1, n_latent, 512] towards the prompt.
 
         Strength 0 returns the input unchanged; a negative strength reverses the edit.
         ``strength="auto"`` picks, for the edit as a whole, the strength at which the
         unperturbed edit raises the CLIP similarity to the prompt by ``target_clip_gain``
         (default 0.04), measured on 256 px renders in at most 8 renders (see
-        ``csla_core.editing.strength``); ``EditOutput.strength`` and ``strength_search`` report it,
+        ``csla_core.editing.strength``); ``EditResult.strength`` and ``strength_search`` report it,
         and a notice says when the target is out of reach within strength +-3.
         Pass ``image_embedding`` (from ``image_embedding(wplus)``) to skip re-rendering the
         input on every slider move. ``rank=True`` draws twice as many candidates and keeps the
@@ -211,8 +195,8 @@ class CSLAPipeline:
         notices = []
         search = None
         if isinstance(strength, str):
-            if strength != AUTO:
-                raise ValueError(f"strength must be a number or {AUTO!r}, got {strength!r}")
+            if not is_auto(strength):
+                raise ValueError(f"strength must be a number or 'auto', got {strength!r}")
             if self.mappers is None:
                 raise CSLAError(
                     "strength 'auto' needs trained CSLA mappers; give a number instead."
@@ -241,15 +225,9 @@ class CSLAPipeline:
             )
         if result.truncated:
             notices.append(f"The prompt was cut to CLIP's {clip.context_length} tokens.")
-        return EditOutput(
-            wplus=result.wplus.float().cpu(),
-            styles=[st.float().cpu() for st in result.styles],
-            method=MAPPERS_METHOD,
-            notices=notices,
-            clip_scores=None if result.clip_scores is None else result.clip_scores.cpu(),
-            strength=float(strength),
-            strength_search=search,
-        )
+        result = result.to_cpu()
+        result.notices, result.strength_search = notices, search
+        return result
 
     def _auto_strength(
         self, wplus, target_prompt, source_prompt, image_embedding, target_gain
@@ -268,7 +246,7 @@ class CSLAPipeline:
                 else image_embedding.to(self.device),
             )
 
-    def _baseline_edit(self, wplus, target_prompt, source_prompt, strength, seed) -> EditOutput:
+    def _baseline_edit(self, wplus, target_prompt, source_prompt, strength, seed) -> EditResult:
         from .editing.optimise import LatentOptimiser, OptimisationConfig
 
         clip = self._require_clip()
@@ -282,16 +260,13 @@ class CSLAPipeline:
         ]
         if result.truncated:
             notices.append(f"The prompt was cut to CLIP's {clip.context_length} tokens.")
-        return EditOutput(
-            wplus=result.wplus.detach().cpu(),
-            styles=None,
-            method=BASELINE_METHOD,
-            notices=notices,
-            strength=float(strength),
-        )
+        # Rendered from W+ (its styles are those of the edited W+ anyway).
+        result = result.to_cpu(keep_styles=False)
+        result.notices = notices
+        return result
 
     @torch.inference_mode()
-    def render_edit(self, edit: EditOutput, max_resolution: int | None = None) -> torch.Tensor:
+    def render_edit(self, edit: EditResult, max_resolution: int | None = None) -> torch.Tensor:
         """Images [n, 3, R, R] of an edit (from its StyleSpace codes when it has them)."""
         if edit.styles is not None:
             return self.render_styles(edit.styles, max_resolution=max_resolution)
@@ -299,7 +274,7 @@ class CSLAPipeline:
 
     def generate(
         self, prompt: str, n: int = 4, seed: int = 0, diversity: float = 0.5
-    ) -> EditOutput:
+    ) -> EditResult:
         """Text-to-image: ``n`` W+ codes for a prompt (render them with ``render_edit``)."""
         clip = self._require_clip()
         with torch.inference_mode(), self.autocast():
@@ -307,7 +282,15 @@ class CSLAPipeline:
         notices = []
         if clip.encode_text_with_info([prompt]).any_truncated:
             notices.append(f"The prompt was cut to CLIP's {clip.context_length} tokens.")
-        return EditOutput(wplus=wplus.cpu(), styles=None, method=MAPPERS_METHOD, notices=notices)
+        return EditResult(
+            wplus=wplus.cpu(),
+            styles=None,
+            method=MAPPERS_METHOD,
+            target_prompt=prompt,
+            diversity=float(diversity),
+            seed=int(seed),
+            notices=notices,
+        )
 
     def invert_clip(self, image: torch.Tensor) -> torch.Tensor:
         """The paper's CLIP-based (coarse) inversion: [B, 3, H, W] in [-1, 1] -> W+ (CPU)."""

@@ -409,9 +409,9 @@ def test_optimisation_baseline_raises_clip_similarity(tiny):
     cfg = OptimisationConfig(steps=20, max_resolution=RES)
     flags = [p.requires_grad for p in generator.parameters()]
     res = optimise_latent(generator, clip, w, PROMPT, cfg)
-    print(f"\nbaseline CLIP similarity {res.clip_similarity[0]:.4f} -> {res.final_similarity:.4f}")
-    assert len(res.clip_similarity) == 20
-    assert res.final_similarity > res.clip_similarity[0] + 1e-3  # measured +0.088
+    print(f"\nbaseline CLIP similarity {res.clip_trace[0]:.4f} -> {res.final_similarity:.4f}")
+    assert len(res.clip_trace) == 20
+    assert res.final_similarity > res.clip_trace[0] + 1e-3  # measured +0.088
     assert flags == [p.requires_grad for p in generator.parameters()]  # flags restored
     # The L2 term anchors the code: a heavy weight keeps it closer to the start.
     tight = optimise_latent(generator, clip, w, PROMPT,

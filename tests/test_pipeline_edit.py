@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from csla_core import PromptError, load_pipeline
-from csla_core.pipeline import BASELINE_METHOD, MAPPERS_METHOD
+from csla_core.editing.result import BASELINE_METHOD, MAPPERS_METHOD
 
 
 @pytest.fixture(scope="module")

@@ -38,12 +38,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from csla_core import session
 from csla_core.errors import CSLAError, InputImageError, NoFaceError, PromptError
 from csla_core.service import (
     EditingService,
     InvalidSettingError,
     NoPhotoError,
+    session,
     session_cache,
 )
 
@@ -566,7 +566,7 @@ def test_memory_stays_bounded_over_hundreds_of_fuzz_cases(service, work, warm_ca
 
 def test_tokenizer_word_memo_is_bounded(small_pipe, monkeypatch):
     """open_clip's tokenizer memoises every word it sees; ours resets it past a bound."""
-    from csla_core import clip_space
+    from csla_core.models import clip as clip_space
 
     clip = small_pipe.clip
     monkeypatch.setattr(clip_space, "_TOKENIZER_CACHE_SIZE", 100)

@@ -15,7 +15,6 @@ import pytest
 import torch
 from PIL import Image
 
-from csla_core import session
 from csla_core.errors import NoFaceError, PromptError, WeightsError
 from csla_core.service import (
     CachedInversion,
@@ -26,6 +25,7 @@ from csla_core.service import (
     clean_prompt,
     content_hash,
     is_out_of_memory,
+    session,
     session_cache,
     write_gif,
 )

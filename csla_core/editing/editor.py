@@ -49,25 +49,8 @@ from ..errors import CSLAError, WeightsError
 from ..models.clip import ClipEmbedder
 from ..models.mappers import CSLAMappers, MappedResiduals, generator_styles_fn, split_styles
 from ..models.stylegan2 import Generator
+from .result import EditResult
 from .strength import AUTO, DEFAULT_TARGET_CLIP_GAIN, calibrate_prompt_strength, parse_strength
-
-
-@dataclass
-class EditResult:
-    """Edited codes for one input: ``n`` samples, best first when ranked."""
-
-    wplus: torch.Tensor  # [n, n_latent, D] edited W+
-    styles: list[torch.Tensor]  # S layers, each [n, C_i]: s(w) + dS
-    delta_w: torch.Tensor  # [n, n_latent, D]
-    delta_s: torch.Tensor | None  # [n, sum C_i], None if the mapper has no S branch
-    directions: torch.Tensor  # [n, clip_dim] CLIP-space steps strength * delta_k
-    clip_scores: torch.Tensor | None  # [n] CLIP cosine of the W+ render to the target (ranked)
-    target_prompt: str
-    source_prompt: str
-    strength: float
-    diversity: float
-    seed: int
-    truncated: bool  # a prompt was cut at CLIP's context length (77 tokens)
 
 
 def _as_latent_avg(latent_avg: torch.Tensor, n_latent: int) -> torch.Tensor:

@@ -17,13 +17,13 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 
 import torch
 
 from ..models.clip import ClipEmbedder
 from ..models.stylegan2 import Generator
-from .editor import EditResult
+from .result import BASELINE_METHOD, EditResult
 
 
 @dataclass
@@ -35,15 +35,6 @@ class OptimisationConfig:
     lr_rampdown: float = 0.25  # fraction of steps of cosine ramp-down [StyleCLIP]
     max_resolution: int | None = 256  # [ours] render size fed to CLIP
     noise_mode: str = "const"
-
-
-@dataclass
-class OptimisationResult:
-    wplus: torch.Tensor  # [1, n_latent, D] optimised code
-    clip_similarity: list[float] = field(default_factory=list)  # per step, before its update
-    final_similarity: float = float("nan")  # after the last update
-    seconds: float = 0.0
-    truncated: bool = False
 
 
 def lr_schedule(t: float, rampup: float, rampdown: float) -> float:
@@ -61,8 +52,9 @@ def optimise_latent(
     config: OptimisationConfig | None = None,
     *,
     callback: Callable[[int, float], None] | None = None,
-) -> OptimisationResult:
-    """Optimise a W+ code [1, n_latent, D] towards ``target_prompt`` (see module doc)."""
+) -> EditResult:
+    """Optimise a W+ code [1, n_latent, D] towards ``target_prompt`` (see module doc): the
+    optimum as ``wplus``, with the CLIP similarity per step in ``clip_trace``."""
     cfg = config or OptimisationConfig()
     device = generator.input.input.device
     generator = generator.eval()
@@ -77,9 +69,15 @@ def optimise_latent(
             p.requires_grad_(flag)
 
 
-def _optimise(generator: Generator, clip: ClipEmbedder, wplus_start: torch.Tensor,
-              target_prompt: str, cfg: OptimisationConfig, device: torch.device,
-              callback: Callable[[int, float], None] | None) -> OptimisationResult:
+def _optimise(
+    generator: Generator,
+    clip: ClipEmbedder,
+    wplus_start: torch.Tensor,
+    target_prompt: str,
+    cfg: OptimisationConfig,
+    device: torch.device,
+    callback: Callable[[int, float], None] | None,
+) -> EditResult:
     enc = clip.encode_text_with_info([target_prompt])
     text = enc.embeddings[0].to(device)
     w0 = generator.to_wplus(wplus_start.to(device).float()).detach().clone()
@@ -102,8 +100,16 @@ def _optimise(generator: Generator, clip: ClipEmbedder, wplus_start: torch.Tenso
     with torch.no_grad():
         img = generator(w, noise_mode=cfg.noise_mode, max_resolution=cfg.max_resolution)  # type: ignore[arg-type]
         final = float((clip.encode_images(img) @ text).mean())
-    return OptimisationResult(w.detach(), trace, final, time.perf_counter() - start,
-                              enc.any_truncated)
+    return EditResult(
+        wplus=w.detach(),
+        styles=None,
+        method=BASELINE_METHOD,
+        target_prompt=target_prompt,
+        truncated=enc.any_truncated,
+        clip_trace=trace,
+        final_similarity=final,
+        seconds=time.perf_counter() - start,
+    )
 
 
 class LatentOptimiser:
@@ -113,14 +119,21 @@ class LatentOptimiser:
     the optimised change w* - w (0: the input, negative: the opposite direction).
     """
 
-    def __init__(self, generator: Generator, clip: ClipEmbedder,
-                 config: OptimisationConfig | None = None) -> None:
+    def __init__(
+        self, generator: Generator, clip: ClipEmbedder, config: OptimisationConfig | None = None
+    ) -> None:
         self.generator = generator
         self.clip = clip
         self.config = config or OptimisationConfig()
 
-    def edit(self, wplus: torch.Tensor, target_prompt: str, source_prompt: str | None = None,
-             strength: float = 1.0, seed: int = 0) -> EditResult:
+    def edit(
+        self,
+        wplus: torch.Tensor,
+        target_prompt: str,
+        source_prompt: str | None = None,
+        strength: float = 1.0,
+        seed: int = 0,
+    ) -> EditResult:
         """Optimise towards ``target_prompt`` (``source_prompt`` only labels the result)."""
         wplus = self.generator.to_wplus(wplus.float())
         res = optimise_latent(self.generator, self.clip, wplus, target_prompt, self.config)
@@ -128,10 +141,13 @@ class LatentOptimiser:
         edited = wplus.to(dw.device) + dw
         with torch.no_grad():
             styles = self.generator.styles_from_wplus(edited)
-        return EditResult(
-            wplus=edited, styles=styles, delta_w=dw, delta_s=None,
-            directions=torch.zeros(1, self.clip.embed_dim), clip_scores=None,
-            target_prompt=target_prompt,
-            source_prompt=source_prompt or self.clip.neutral_prompt, strength=float(strength),
-            diversity=0.0, seed=int(seed), truncated=res.truncated,
+        return replace(
+            res,
+            wplus=edited,
+            styles=styles,
+            delta_w=dw,
+            directions=torch.zeros(1, self.clip.embed_dim),
+            strength=float(strength),
+            source_prompt=source_prompt or self.clip.neutral_prompt,
+            seed=int(seed),
         )

@@ -164,9 +164,15 @@ def calibrate_prompt_strength(editor: TextEditor, wplus: torch.Tensor, target_pr
     return calibrate_strength(editor, wplus, target, source, **options)  # type: ignore[arg-type]
 
 
+def is_auto(value: object) -> bool:
+    """Whether a strength as a user gave it asks for the automatic one: the one place "auto"
+    is recognised (command line, API, UI; any case, spaces ignored)."""
+    return isinstance(value, str) and value.strip().lower() == AUTO
+
+
 def parse_strength(text: str) -> float | str:
     """Command-line strength: a number or ``auto``."""
-    if text.strip().lower() == AUTO:
+    if is_auto(text):
         return AUTO
     try:
         return float(text)

@@ -40,12 +40,14 @@ import torch
 from PIL import ImageDraw
 
 from ..editing.strength import AUTO as AUTO_STRENGTH
+from ..editing.strength import is_auto
 from ..errors import CSLAError, InputImageError, PromptError, WeightsError
 from ..imaging import tensor_to_pil
 
 if TYPE_CHECKING:  # faces pulls in facenet-pytorch; only its types are needed here
+    from ..editing.result import EditResult
     from ..faces.core import Face
-    from ..pipeline import CSLAPipeline, EditOutput, Inversion
+    from ..pipeline import CSLAPipeline, Inversion
 
 __all__ = [
     "AUTO_STRENGTH",
@@ -476,18 +478,18 @@ class EditingService:
     def _embed(self, wplus: torch.Tensor) -> torch.Tensor:
         return self.require().image_embedding(wplus).cpu()
 
-    def _edit(self, wplus: torch.Tensor, prompt: str, **kwargs: Any) -> EditOutput:
+    def _edit(self, wplus: torch.Tensor, prompt: str, **kwargs: Any) -> EditResult:
         return self.require().edit(wplus, prompt, **kwargs)
 
-    def _render_edit(self, edit: EditOutput, resolution: int) -> list[PIL.Image.Image]:
+    def _render_edit(self, edit: EditResult, resolution: int) -> list[PIL.Image.Image]:
         pipe = self.require()
         return tensor_to_pil(pipe.render_edit(edit, max_resolution=self.max_res(resolution)).cpu())
 
-    def _generate(self, prompt: str, n: int, seed: int) -> EditOutput:
+    def _generate(self, prompt: str, n: int, seed: int) -> EditResult:
         return self.require().generate(prompt, n=n, seed=seed)
 
     # -- CPU steps
-    def edit_cached(self, entry: CachedInversion, prompt: str, **kwargs: Any) -> EditOutput:
+    def edit_cached(self, entry: CachedInversion, prompt: str, **kwargs: Any) -> EditResult:
         """An edit of a cached face; its CLIP anchor is computed once and kept in the entry."""
         if entry.embedding is None:
             entry.embedding = self.embed(entry.inversion.wplus)
@@ -614,7 +616,7 @@ class EditingService:
             raise NoPhotoError(NO_PHOTO_MESSAGE)
         samples = clamp_int(samples, 1, 8, 4)
         seed = clamp_int(seed, 0, 2**31 - 1, 0)
-        auto = isinstance(strength, str) and strength.strip().lower() == AUTO_STRENGTH
+        auto = is_auto(strength)
         strength = AUTO_STRENGTH if auto else finite(strength, "strength", 1.0)
         diversity = finite(diversity, "spread (diversity)", 0.5)
         started = time.perf_counter()
@@ -629,12 +631,12 @@ class EditingService:
             diversity=diversity,
             seed=seed,
         )
-        for notice in getattr(edit, "notices", None) or []:
+        for notice in edit.notices:
             warn(notice)
         if auto:
             strength = float(edit.strength)
         described = f"strength {strength:+.2f}" + (" (auto)" if auto else "")
-        status = f"**{getattr(edit, 'method', 'edit')}** · {samples} sample(s), {described}"
+        status = f"**{edit.method}** · {samples} sample(s), {described}"
         resolutions = list(resolutions or self.resolutions)
         for step, resolution in enumerate(resolutions):
             last = step == len(resolutions) - 1
@@ -715,7 +717,7 @@ class EditingService:
         seed = clamp_int(seed, 0, 2**31 - 1, 0)
         progress(0.1, desc=f"Mapping “{prompt}” into the generator's space")
         result = self.generate(prompt, samples, seed)
-        for notice in getattr(result, "notices", None) or []:
+        for notice in result.notices:
             warn(notice)
         for resolution in self.resolutions:
             progress(0.5, desc=f"Rendering {samples} image(s) at {resolution} px")
