@@ -38,12 +38,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from csla_core import service as svc
 from csla_core.errors import CSLAError, InputImageError, NoFaceError, PromptError
 from csla_core.service import (
     EditingService,
     InvalidSettingError,
     NoPhotoError,
-    session,
     session_cache,
 )
 
@@ -417,7 +417,7 @@ def test_long_prompts_are_cut_with_a_notice(service, warm_cache, prompt):
     outcome = prompt_edit(service, warm_cache, prompt)
     check_results(outcome, PHOTO_SIZE)
     assert any("cut to CLIP's 77 tokens" in w for w in outcome.warnings), outcome.warnings
-    if len(prompt) > session.MAX_PROMPT_CHARS:
+    if len(prompt) > svc.MAX_PROMPT_CHARS:
         assert any("first 1,000" in w for w in outcome.warnings), outcome.warnings
     assert time.perf_counter() - started < 60
 
@@ -634,7 +634,7 @@ def test_sweep_animations_get_unique_names_and_old_ones_are_deleted(service, war
         for c in (cache, other)
     ]
     old = Path(names[0])
-    os.utime(old, (time.time() - 2 * session.SWEEP_DIR_MAX_AGE_S,) * 2)
+    os.utime(old, (time.time() - 2 * svc.SWEEP_DIR_MAX_AGE_S,) * 2)
     # The same session, photo and settings again: a new file, and the old one is pruned.
     names.append(service.sweep(cache, str(photo), 0, "smiling", None, 1.0, 3, 0.5, 0, False))
     assert len(set(names)) == 3 and {Path(n).parent for n in names} == {service.sweep_folder}
@@ -868,7 +868,7 @@ def test_uploads_and_results_are_tracked_for_deletion_and_deleted(
 
     assert demo.delete_cache == (1800, 3600)  # every 30 min, files older than 1 h
     state = next(b for b in demo.blocks.values() if type(b).__name__ == "State")
-    assert state.time_to_live == session.SESSION_TTL_S
+    assert state.time_to_live == svc.SESSION_TTL_S
     assert app.MAX_UPLOAD == "25mb"
     # Two users, same photo, different prompts: their files are not shared.
     from gradio_client import Client

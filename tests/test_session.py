@@ -15,6 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
+from csla_core import service as svc
 from csla_core.errors import NoFaceError, PromptError, WeightsError
 from csla_core.service import (
     CachedInversion,
@@ -25,7 +26,6 @@ from csla_core.service import (
     clean_prompt,
     content_hash,
     is_out_of_memory,
-    session,
     session_cache,
     write_gif,
 )
@@ -109,16 +109,16 @@ def test_session_cache_is_bounded_and_least_recently_used_goes_first():
 
 def test_default_bound_is_the_per_session_limit():
     cache = SessionCache()
-    for i in range(session.INVERSIONS_PER_SESSION + 2):
+    for i in range(svc.INVERSIONS_PER_SESSION + 2):
         cache.put((str(i), 0), CachedInversion(inversion=i))
-    assert len(cache.items) == session.INVERSIONS_PER_SESSION == 3
+    assert len(cache.items) == svc.INVERSIONS_PER_SESSION == 3
 
 
 def test_session_cache_expires_after_its_ttl_since_last_use():
-    assert session.SESSION_TTL_S == 1800
+    assert svc.SESSION_TTL_S == 1800
     start = 1000.0
     cache = session_cache(None, now=start)
-    assert isinstance(cache, SessionCache) and cache.ttl_s == session.SESSION_TTL_S
+    assert isinstance(cache, SessionCache) and cache.ttl_s == svc.SESSION_TTL_S
     cache.put(("a", 0), CachedInversion(inversion="a"))
     cache.touch(start)
     # Used again before the TTL: the same cache, and the TTL counts from this use.
@@ -184,7 +184,7 @@ def test_out_of_memory_detection():
         assert is_out_of_memory(exc), exc
     for exc in (RuntimeError("shape mismatch"), ValueError("out of memory"), NoFaceError("x")):
         assert not is_out_of_memory(exc), exc
-    session.free_cached_memory()  # harmless without a GPU
+    svc.free_cached_memory()  # harmless without a GPU
 
 
 def test_without_a_pipeline_every_operation_says_what_to_download(tmp_path, photo):
@@ -201,7 +201,7 @@ def test_without_a_pipeline_every_operation_says_what_to_download(tmp_path, phot
         with pytest.raises(WeightsError) as excinfo:
             call()
         assert "python -m csla_core download" in str(excinfo.value)
-        assert str(excinfo.value) == session.MISSING_PIPELINE_MESSAGE
+        assert str(excinfo.value) == svc.MISSING_PIPELINE_MESSAGE
 
 
 def test_edit_checks_prompt_then_photo(tmp_path):
@@ -297,7 +297,7 @@ def test_auto_strength_reports_the_strength_found(tmp_path, photo, typed):
     assert [c for _, c in step.items][1] == "sample 2 · strength +1.35 · seed 3"
     (manual,) = service.edit_steps(SessionCache(), photo, 0, "smiling", None, 0.4, 1, 0.5, 3, False)
     assert manual.strength == 0.4 and "(auto)" not in manual.status
-    with pytest.raises(session.InvalidSettingError, match="strength must be a finite number"):
+    with pytest.raises(svc.InvalidSettingError, match="strength must be a finite number"):
         next(service.edit_steps(SessionCache(), photo, 0, "smiling", None, "strong", 1, 0.5, 3, False))
 
 
@@ -308,10 +308,10 @@ def test_edit_steps_crops_and_the_comparison(tmp_path, photo):
     assert step.items[0][0].size == (64, 64) and step.pair[0].size == (64, 64)
     assert "strength +1.00 · seed 0" in step.items[0][1]
     gallery = [(f"/tmp/{i}.png", "caption") for i in range(2)]
-    assert session.compare_pair(gallery, cache, 5) == (cache.before, "/tmp/1.png")
-    assert session.compare_pair(gallery, cache, None) == (cache.before, "/tmp/0.png")
-    assert session.compare_pair(gallery, None, 0) is None
-    assert session.compare_pair([], cache, 0) is None
+    assert svc.compare_pair(gallery, cache, 5) == (cache.before, "/tmp/1.png")
+    assert svc.compare_pair(gallery, cache, None) == (cache.before, "/tmp/0.png")
+    assert svc.compare_pair(gallery, None, 0) is None
+    assert svc.compare_pair([], cache, 0) is None
 
 
 def test_analysis_renders_the_reconstruction_once(tmp_path, photo):
@@ -339,9 +339,9 @@ def test_generate_steps(tmp_path):
 
 
 def test_sweep_strengths_are_symmetric():
-    assert session.sweep_strengths(1.0, 3) == [-1.0, 0.0, 1.0]
-    assert session.sweep_strengths(-2.0, 5) == [-2.0, -1.0, 0.0, 1.0, 2.0]
-    assert session.sweep_strengths(None, 3) == [-1.0, 0.0, 1.0]
+    assert svc.sweep_strengths(1.0, 3) == [-1.0, 0.0, 1.0]
+    assert svc.sweep_strengths(-2.0, 5) == [-2.0, -1.0, 0.0, 1.0, 2.0]
+    assert svc.sweep_strengths(None, 3) == [-1.0, 0.0, 1.0]
 
 
 def test_gif_goes_forwards_then_back(tmp_path):
@@ -356,7 +356,7 @@ def test_gif_goes_forwards_then_back(tmp_path):
 def test_old_animations_are_pruned(tmp_path):
     old = tmp_path / "old.gif"
     old.write_bytes(b"x")
-    stale = time.time() - session.SWEEP_DIR_MAX_AGE_S - 10
+    stale = time.time() - svc.SWEEP_DIR_MAX_AGE_S - 10
     os.utime(old, (stale, stale))
     recent = tmp_path / "recent.gif"
     recent.write_bytes(b"x")
@@ -401,8 +401,8 @@ def test_annotate_faces_downscales_to_max_side():
 
 def test_face_choices_caption_and_clamp():
     faces = [SimpleNamespace(width=120.4, height=150.6)]
-    assert session.face_choices(faces) == [("#0 (120×151 px)", 0)]
-    assert session.caption(1, 0.5, 3) == "sample 2 · strength +0.50 · seed 3"
-    assert session.clamp_int("9", 1, 8, 4) == 8
-    assert session.clamp_int(None, 1, 8, 4) == 4
-    assert session.clamp_int(-3.7, 0, 10, 5) == 0
+    assert svc.face_choices(faces) == [("#0 (120×151 px)", 0)]
+    assert svc.caption(1, 0.5, 3) == "sample 2 · strength +0.50 · seed 3"
+    assert svc.clamp_int("9", 1, 8, 4) == 8
+    assert svc.clamp_int(None, 1, 8, 4) == 4
+    assert svc.clamp_int(-3.7, 0, 10, 5) == 0

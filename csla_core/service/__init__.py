@@ -1,40 +1,60 @@
-"""The editing service the app and the API call: one request's input cleaning, the per-session
-cache, media helpers and ``EditingService`` (no UI code here)."""
+"""The editing service the app and the API call: one request's input cleaning (``request``),
+the per-session cache (``cache``), pictures for the front end (``media``) and
+``EditingService`` (``session``). No UI code here."""
 
-from .session import (
-    AUTO_STRENGTH,
-    NO_PHOTO_MESSAGE,
+from .cache import (
+    INVERSIONS_PER_SESSION,
     SESSION_TTL_S,
     CachedInversion,
-    EditingService,
-    InvalidSettingError,
-    NoPhotoError,
     SessionCache,
-    annotate_faces,
-    clean_prompt,
     compare_pair,
     content_hash,
-    free_cached_memory,
-    is_out_of_memory,
     session_cache,
+)
+from .media import (
+    SWEEP_DIR_MAX_AGE_S,
+    annotate_faces,
+    caption,
+    face_choices,
+    sweep_strengths,
     write_gif,
 )
+from .request import (
+    MAX_PROMPT_CHARS,
+    NO_PHOTO_MESSAGE,
+    InvalidSettingError,
+    NoPhotoError,
+    clamp_int,
+    clean_prompt,
+    free_cached_memory,
+    is_out_of_memory,
+)
+from .session import AUTO_STRENGTH, MISSING_PIPELINE_MESSAGE, EditingService, EditStep
 
 __all__ = [
     "AUTO_STRENGTH",
+    "INVERSIONS_PER_SESSION",
+    "MAX_PROMPT_CHARS",
+    "MISSING_PIPELINE_MESSAGE",
     "NO_PHOTO_MESSAGE",
     "SESSION_TTL_S",
+    "SWEEP_DIR_MAX_AGE_S",
     "CachedInversion",
+    "EditStep",
     "EditingService",
     "InvalidSettingError",
     "NoPhotoError",
     "SessionCache",
     "annotate_faces",
+    "caption",
+    "clamp_int",
     "clean_prompt",
     "compare_pair",
     "content_hash",
+    "face_choices",
     "free_cached_memory",
     "is_out_of_memory",
     "session_cache",
+    "sweep_strengths",
     "write_gif",
 ]

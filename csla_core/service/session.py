@@ -21,77 +21,40 @@ desc=...)`` with gr.Progress' signature, ``warn(text)``).
 
 from __future__ import annotations
 
-import hashlib
-import math
 import os
 import shutil
 import tempfile
 import time
-import unicodedata
 import weakref
-from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import PIL.Image
 import torch
-from PIL import ImageDraw
 
 from ..editing.strength import AUTO as AUTO_STRENGTH
 from ..editing.strength import is_auto
-from ..errors import CSLAError, InputImageError, PromptError, WeightsError
+from ..errors import InputImageError, WeightsError
 from ..imaging import tensor_to_pil
+from .cache import CachedInversion, CacheKey, SessionCache, content_hash
+from .media import annotate_faces, caption, face_choices, sweep_strengths, write_gif
+from .request import (
+    NO_PHOTO_MESSAGE,
+    NoPhotoError,
+    Warn,
+    clamp_int,
+    clean_prompt,
+    finite,
+    optional_prompt,
+)
 
 if TYPE_CHECKING:  # faces pulls in facenet-pytorch; only its types are needed here
     from ..editing.result import EditResult
-    from ..faces.core import Face
     from ..pipeline import CSLAPipeline, Inversion
 
-__all__ = [
-    "AUTO_STRENGTH",
-    "INVERSIONS_PER_SESSION",
-    "MAX_PROMPT_CHARS",
-    "MISSING_PIPELINE_MESSAGE",
-    "NO_PHOTO_MESSAGE",
-    "PREVIEW_RESOLUTION",
-    "SESSION_TTL_S",
-    "SWEEP_DIR_MAX_AGE_S",
-    "Analysis",
-    "CachedInversion",
-    "EditStep",
-    "EditingService",
-    "InvalidSettingError",
-    "NoPhotoError",
-    "SessionCache",
-    "annotate_faces",
-    "caption",
-    "clamp_int",
-    "clean_prompt",
-    "compare_pair",
-    "content_hash",
-    "face_choices",
-    "finite",
-    "free_cached_memory",
-    "is_out_of_memory",
-    "optional_prompt",
-    "prune_old_files",
-    "session_cache",
-    "sweep_strengths",
-    "write_gif",
-]
-
 PREVIEW_RESOLUTION = 256  # a quick first render before the full-size one (when larger)
-INVERSIONS_PER_SESSION = 3  # cached (photo, face) inversions per browser tab / API client
-SESSION_TTL_S = 1800  # a session's cache is dropped this long after its last use
-SWEEP_DIR_MAX_AGE_S = 3600  # animations older than this are deleted
-# CLIP reads 77 tokens (a few hundred characters); longer prompts are cut to this many characters
-# first, because CLIP's BPE tokenizer takes time growing faster than linearly with a word's length
-# (one 40,000-letter word: 10 s) and would hold the queue.
-MAX_PROMPT_CHARS = 1000
-
-NO_PHOTO_MESSAGE = "Upload a portrait (or pick the example) first."
 MISSING_PIPELINE_MESSAGE = (
     "The model weights are missing (details at the top of the page). Run "
     "“python -m csla_core download”, then restart the app; or start it with "
@@ -99,9 +62,7 @@ MISSING_PIPELINE_MESSAGE = (
 )
 
 Progress = Callable[..., Any]  # progress(fraction | (done, total), desc=...), as gr.Progress
-Warn = Callable[[str], Any]  # tells the user something without stopping (gr.Warning)
 ModelCallWrapper = Callable[[str, Callable], Callable]  # (call name, function) -> function
-CacheKey = tuple[str, int]  # (photo content hash, face index)
 GalleryItem = tuple[PIL.Image.Image, str]  # (image, caption)
 
 
@@ -111,254 +72,6 @@ def _no_progress(*_args: Any, **_kwargs: Any) -> None:
 
 def _no_warning(_text: str) -> None:
     pass
-
-
-class NoPhotoError(InputImageError):
-    """An edit or sweep was asked for before any photo was given."""
-
-
-class InvalidSettingError(CSLAError):
-    """A numeric setting (strength, spread) is not a finite number (API callers)."""
-
-
-# ---------------------------------------------------------------------------------------------
-# Per-session cache (one per browser tab / API client; CPU objects only)
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass
-class CachedInversion:
-    inversion: Any  # csla_core.pipeline.Inversion (CPU tensors, PIL images)
-    reconstruction: PIL.Image.Image | None = None
-    embedding: torch.Tensor | None = None  # CLIP embedding of the face's render (edit anchor)
-
-
-@dataclass
-class SessionCache:
-    """Bounded LRU of inversions keyed by (photo content hash, face index).
-
-    Why a cache: inverting a face (detection + alignment + e4e) costs more than an edit, and a
-    user edits the same face many times. Why bounded: every entry holds a decoded photo, so a tab
-    uploading photo after photo must not grow without limit. Why a TTL: an abandoned session's
-    photos should not be kept (the front end's session state expires after the same time).
-    """
-
-    max_items: int = INVERSIONS_PER_SESSION
-    items: OrderedDict[CacheKey, CachedInversion] = field(default_factory=OrderedDict)
-    before: PIL.Image.Image | None = None  # the "before" side of the last edit's comparison
-    ttl_s: float = SESSION_TTL_S
-    last_used: float = field(default_factory=time.monotonic)
-
-    def get(self, key: CacheKey) -> CachedInversion | None:
-        entry = self.items.get(key)
-        if entry is not None:
-            self.items.move_to_end(key)
-        self.touch()
-        return entry
-
-    def put(self, key: CacheKey, entry: CachedInversion) -> None:
-        self.items[key] = entry
-        self.items.move_to_end(key)
-        while len(self.items) > self.max_items:
-            self.items.popitem(last=False)
-        self.touch()
-
-    def touch(self, now: float | None = None) -> None:
-        self.last_used = time.monotonic() if now is None else now
-
-    def expired(self, now: float | None = None) -> bool:
-        now = time.monotonic() if now is None else now
-        return now - self.last_used > self.ttl_s
-
-
-def session_cache(state: object, now: float | None = None) -> SessionCache:
-    """The session's cache from what the front end stored: a new one if there is none yet (first
-    call, or state the front end has dropped) or if it was last used more than its TTL ago."""
-    now = time.monotonic() if now is None else now
-    if isinstance(state, SessionCache):
-        if not state.expired(now):
-            state.touch(now)
-            return state
-        return SessionCache(max_items=state.max_items, ttl_s=state.ttl_s, last_used=now)
-    return SessionCache(last_used=now)
-
-
-def content_hash(path: str | os.PathLike) -> str:
-    """SHA-256 of a file's bytes: the same photo uploaded again (new temp name) hits the cache."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-# ---------------------------------------------------------------------------------------------
-# Errors
-# ---------------------------------------------------------------------------------------------
-
-
-# How allocators word it: CUDA "out of memory"; torch's CPU allocator "DefaultCPUAllocator: can't
-# allocate memory: you tried to allocate N bytes. Error code 12 (Cannot allocate memory)" (Linux)
-# or "... not enough memory ..." (where malloc returns NULL).
-_OUT_OF_MEMORY_WORDS = ("out of memory", "can't allocate memory", "cannot allocate memory")
-_OUT_OF_MEMORY_WORDS += ("not enough memory",)
-
-
-def is_out_of_memory(exc: BaseException) -> bool:
-    """torch's OutOfMemoryError, a RuntimeError saying so (CPU allocators), or MemoryError."""
-    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
-        return True
-    text = str(exc).lower()
-    return isinstance(exc, RuntimeError) and any(words in text for words in _OUT_OF_MEMORY_WORDS)
-
-
-def free_cached_memory() -> None:
-    """After an out-of-memory error: give the GPU's cached blocks back so the next call can run."""
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
-def clean_prompt(text: str | None, what: str = "edit prompt", warn: Warn | None = None) -> str:
-    """The prompt a model can use, or a PromptError saying what to type.
-
-    Control characters become spaces and lone surrogates (which no encoder can send back to a
-    browser) are dropped; runs of white space become one space. A prompt with nothing visible
-    left is empty. Prompts longer than ``MAX_PROMPT_CHARS`` are cut (``warn`` says so).
-    """
-    text = text if isinstance(text, str) else ("" if text is None else str(text))
-    text = "".join(
-        " " if category == "Cc" else "" if category == "Cs" else char
-        for char in text
-        for category in (unicodedata.category(char),)
-    )
-    text = " ".join(text.split())
-    if not any(unicodedata.category(char)[0] not in "CZ" for char in text):
-        raise PromptError(
-            f"The {what} is empty: type what the face should look like, e.g. “smiling” or "
-            "“grey hair”."
-        )
-    if len(text) > MAX_PROMPT_CHARS:
-        if warn is not None:
-            warn(
-                f"The {what} is {len(text):,} characters long: only its first "
-                f"{MAX_PROMPT_CHARS:,} are used (CLIP reads at most 77 tokens)."
-            )
-        text = text[:MAX_PROMPT_CHARS].rstrip()
-    return text
-
-
-def optional_prompt(text: str | None, warn: Warn | None = None) -> str | None:
-    """An optional prompt (the neutral / source one): cleaned like ``clean_prompt``, or None."""
-    try:
-        return clean_prompt(text, "source prompt", warn)
-    except PromptError:
-        return None
-
-
-def finite(value: Any, what: str, default: float) -> float:
-    """``value`` as a finite float (``default`` when None); InvalidSettingError otherwise."""
-    if value is None:
-        return float(default)
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        number = math.nan
-    if not math.isfinite(number):
-        raise InvalidSettingError(f"The {what} must be a finite number, got {value!r}.")
-    return number
-
-
-# ---------------------------------------------------------------------------------------------
-# Small presentation helpers (pure functions of their inputs)
-# ---------------------------------------------------------------------------------------------
-
-
-def annotate_faces(
-    photo: PIL.Image.Image, faces: Sequence[Face], chosen: int, max_side: int = 768
-) -> PIL.Image.Image:
-    """The photo (downscaled) with numbered boxes around the detected faces."""
-    scale = min(1.0, max_side / max(photo.size))
-    image = photo.convert("RGB")
-    if scale < 1.0:
-        image = image.resize((round(photo.width * scale), round(photo.height * scale)))
-    draw = ImageDraw.Draw(image)
-    width = max(2, round(max(image.size) / 200))
-    for index, face in enumerate(faces):
-        x0, y0, x1, y1 = (float(v) * scale for v in face.box)
-        colour = (255, 64, 64) if index == chosen else (255, 215, 0)
-        draw.rectangle((x0, y0, x1, y1), outline=colour, width=width)
-        draw.text((x0 + width + 2, y0 + width + 2), f"#{index}", fill=colour)
-    return image
-
-
-def face_choices(faces: Sequence[Face]) -> list[tuple[str, int]]:
-    return [(f"#{i} ({face.width:.0f}×{face.height:.0f} px)", i) for i, face in enumerate(faces)]
-
-
-def caption(index: int, strength: float, seed: int) -> str:
-    return f"sample {index + 1} · strength {strength:+.2f} · seed {seed}"
-
-
-def clamp_int(value: Any, low: int, high: int, default: int) -> int:
-    """``value`` as an int within [low, high]; ``default`` when it is no number (API callers)."""
-    try:
-        number = int(value)
-    except (TypeError, ValueError):
-        return default
-    return max(low, min(high, number))
-
-
-def compare_pair(
-    gallery: Sequence[Any] | None, cache: object, index: Any
-) -> tuple[PIL.Image.Image, Any] | None:
-    """(before, after) for the clicked gallery item, or None when there is nothing to compare."""
-    if not gallery or not isinstance(cache, SessionCache) or cache.before is None:
-        return None
-    index = index if isinstance(index, int) else 0
-    item = gallery[min(index, len(gallery) - 1)]
-    after = item[0] if isinstance(item, (tuple, list)) else item  # (image, caption) or image
-    return (cache.before, after)
-
-
-# ---------------------------------------------------------------------------------------------
-# Strength sweep animations
-# ---------------------------------------------------------------------------------------------
-
-
-def sweep_strengths(max_strength: float | None, frames: int) -> list[float]:
-    """``frames`` strengths evenly from -max_strength to +max_strength (1.0 when unset)."""
-    top = abs(float(max_strength or 1.0))
-    return [-top + 2 * top * i / (frames - 1) for i in range(frames)]
-
-
-def prune_old_files(folder: Path, max_age_s: float) -> None:
-    """Delete files older than ``max_age_s`` (animations are written per request, never reused)."""
-    now = time.time()
-    for path in folder.glob("*"):
-        try:
-            if now - path.stat().st_mtime > max_age_s:
-                path.unlink()
-        except OSError:
-            pass
-
-
-def write_gif(
-    frames: Sequence[PIL.Image.Image],
-    folder: Path,
-    *,
-    frame_ms: int = 250,
-    max_age_s: float = SWEEP_DIR_MAX_AGE_S,
-) -> str:
-    """An endless GIF of ``frames`` forwards then back (ends not repeated) in ``folder``; its path.
-
-    n frames give 2n - 2 GIF frames. Old animations in ``folder`` are deleted first.
-    """
-    loop = list(frames) + list(frames[-2:0:-1])  # forwards, then back
-    prune_old_files(folder, max_age_s)
-    handle, name = tempfile.mkstemp(suffix=".gif", dir=folder)
-    os.close(handle)
-    loop[0].save(name, save_all=True, append_images=loop[1:], duration=frame_ms, loop=0)
-    return name
 
 
 def _named_by_file(exc: InputImageError, photo: str | os.PathLike) -> InputImageError:
