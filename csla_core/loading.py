@@ -131,10 +131,9 @@ def load_pipeline(
     ``size`` and ``tiny_clip`` (random weights only): a smaller generator, and a small random CLIP
     with the real tokenizer instead of ViT-B/32, for fast tests of everything around the models.
     ``tune_allocator`` (default on): keep freed tensor memory in the process for reuse
-    (``csla_core.runtime.tune_cpu_allocator``; glibc only, process-wide): a 1024 render on 2
-    CPU cores takes 0.43 s instead of 0.65 s, and the process keeps its memory high-water mark
-    (0.1-0.3 GB more for the app serving 1024 px edits). False leaves the C library's allocator
-    as it is.
+    (``csla_core.runtime.tune_cpu_allocator``; glibc only, process-wide): faster CPU renders,
+    and the process keeps its memory high-water mark (README, "The allocator"). False leaves
+    the C library's allocator as it is.
     """
     if tune_allocator:
         tune_cpu_allocator()

@@ -1,17 +1,9 @@
-"""Process-wide memory settings that make CPU inference faster.
+"""Process-wide settings that make CPU inference faster, and a description of the CPU.
 
-A 1024 px render allocates and frees a dozen activations of 67-135 MB. By default glibc's
-malloc maps every block over 32 MiB afresh and unmaps it when it is freed, and gives each
-thread its own arena, whose heaps cannot hold a block over 64 MiB. So each render faults in
-about 0.9 GB of new 4 KB pages, some 210,000 page faults, each one zeroing a page: a third of
-the render's time on 2 CPU cores. ``tune_cpu_allocator`` (applied by ``load_pipeline``) keeps
-freed memory in one shared heap for reuse (mmap and trim thresholds at 1 GiB, one arena): no
-page faults, 0.43 s instead of 0.65 s per render. The cost: the process keeps its high-water
-mark instead of handing memory back between requests.
-
-(Transparent huge pages, torch's ``THP_MEM_ALLOC_ENABLE=1``, were measured too: about 5,000
-faults per render, but 0.45-0.84 s from run to run here, as the kernel compacts memory to find
-2 MB pages. Not used.)
+A 1024 px render allocates and frees a dozen activations of 67-135 MB. glibc's malloc, left
+alone, unmaps every block over 32 MiB when it is freed, so each render faults its activations in
+again, 4 KB at a time. ``tune_cpu_allocator`` (applied by ``load_pipeline``) keeps freed memory in
+one heap for reuse. Measurements and the options tried: README, "The allocator".
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@
 minus a CLIP-space manipulation centre) to a W residual (w - w_avg) and an S residual
 (s - s(w_avg)). An adaptive style mixing module refines the S residual.
 
-[ours] Everything concrete below (see /work/shared/csla-method.md):
+[ours] Everything concrete below (see docs/method.md):
 - Centre strategies (``MapperConfig.centre``), all kept in ``ClipCentre`` buffers:
   ``"ema"`` (C4, default) an exponential moving average over training of the batch mean of the
   image embeddings; ``"temporal"`` (C3) training residuals are taken w.r.t. the previous step's
