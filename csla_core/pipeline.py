@@ -6,7 +6,7 @@ CSLA mappers, edit / generate.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import MutableMapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -23,7 +23,7 @@ if TYPE_CHECKING:  # faces pulls in facenet-pytorch; import it only when photos 
     from PIL import Image
 
     from .editing.editor import TextEditor
-    from .faces.core import AlignedFace, Face
+    from .faces import AlignedFace, Face
     from .models.clip import ClipEmbedder
     from .models.mappers import CSLAMappers
 
@@ -177,6 +177,7 @@ class CSLAPipeline:
         image_embedding: torch.Tensor | None = None,
         rank: bool = False,
         target_clip_gain: float = DEFAULT_TARGET_CLIP_GAIN,
+        optimised: MutableMapping[tuple, EditResult] | None = None,
     ) -> EditResult:
         """``n_samples`` different edits of one code [1, n_latent, 512] towards the prompt.
 
@@ -190,6 +191,8 @@ class CSLAPipeline:
         input on every slider move. ``rank=True`` draws twice as many candidates and keeps the
         ones CLIP scores highest (slower; and the kept set may change with the strength, so the
         default keeps sample k the same direction at every strength, which sliders need).
+        Without mappers (the optimisation fallback), ``optimised``, a mapping the caller keeps
+        per input code, holds each prompt's optimum, so another strength costs no optimisation.
         """
         clip = self._require_clip()
         notices = []
@@ -208,7 +211,9 @@ class CSLAPipeline:
             if not search.reached:
                 notices.append(search.describe())
         if self.mappers is None:
-            return self._baseline_edit(wplus, target_prompt, source_prompt, strength, seed)
+            return self._baseline_edit(
+                wplus, target_prompt, source_prompt, strength, seed, optimised
+            )
         with torch.inference_mode(), self.autocast():
             result = self.editor().edit(
                 wplus.to(self.device),
@@ -246,14 +251,25 @@ class CSLAPipeline:
                 else image_embedding.to(self.device),
             )
 
-    def _baseline_edit(self, wplus, target_prompt, source_prompt, strength, seed) -> EditResult:
+    def _baseline_edit(
+        self, wplus, target_prompt, source_prompt, strength, seed, optimised
+    ) -> EditResult:
         from .editing.optimise import LatentOptimiser, OptimisationConfig
 
         clip = self._require_clip()
         optimiser = LatentOptimiser(
             self.generator, clip, OptimisationConfig(steps=self.baseline_steps)
         )
-        result = optimiser.edit(wplus.to(self.device), target_prompt, source_prompt, strength, seed)
+        # The optimisation is the slow part (about a minute at 1024 on 2 cores); another
+        # strength only rescales its result, so with the caller's cache a slider move costs a
+        # render, not an optimisation.
+        key = (target_prompt, source_prompt or "", self.baseline_steps)
+        optimum = None if optimised is None else optimised.get(key)
+        if optimum is None:
+            optimum = optimiser.optimise(wplus.to(self.device), target_prompt).to_cpu()
+            if optimised is not None:
+                optimised[key] = optimum
+        result = optimiser.scale(optimum, wplus.to(self.device), strength, source_prompt, seed)
         notices = [
             f"No trained CSLA mappers found: this edit used {self.baseline_steps} steps of CLIP-guided "
             "optimisation (slower, one result). See the README to train or download mappers."
@@ -300,14 +316,14 @@ class CSLAPipeline:
     # ------------------------------------------------------------------ photos
     def _detector(self):
         if self.face_detector is None:
-            from .faces.core import get_default_detector
+            from .faces import get_default_detector
 
             self.face_detector = get_default_detector(self.device)
         return self.face_detector
 
     def detect_faces(self, photo) -> list[Face]:
         """Every face in a photo (path, bytes, PIL or array), largest first."""
-        from .faces.core import load_image
+        from .faces import load_image
 
         return self._detector().detect(load_image(photo))
 
@@ -316,7 +332,7 @@ class CSLAPipeline:
 
         ``photo``: path, bytes, file object, PIL image or uint8 array; any mode, EXIF-rotated.
         """
-        from .faces.core import align_face, crop_to_tensor, load_image, select_face
+        from .faces import align_face, crop_to_tensor, load_image, select_face
 
         image = load_image(photo)
         detector = self._detector()
@@ -332,7 +348,7 @@ class CSLAPipeline:
     def paste(self, inversion: Inversion, face: Image.Image | torch.Tensor) -> Image.Image:
         """An edited face (PIL, or a [1, 3, H, W] tensor in [-1, 1]) blended back into the
         original photo at its full resolution."""
-        from .faces.core import paste_back
+        from .faces import paste_back
 
         if isinstance(face, torch.Tensor):
             face = tensor_to_pil(face[:1])[0]

@@ -90,3 +90,27 @@ def test_without_mappers_edits_use_the_labelled_baseline(code_and_embedding):
     out = pipe.edit(code_and_embedding[0], "smiling", n_samples=4)
     assert out.method == BASELINE_METHOD and out.wplus.shape == (1, pipe.n_latent, 512)
     assert "optimisation" in out.notices[0] and "slower" in out.notices[0]
+
+
+def test_without_mappers_a_strength_change_costs_a_render_not_an_optimisation(
+    code_and_embedding, monkeypatch
+):
+    from csla_core.editing import optimise
+
+    pipe = load_pipeline(random_weights=True, device="cpu", size=64, seed=5)
+    pipe.mappers = None
+    pipe.baseline_steps = 3
+    runs = []
+    real = optimise.optimise_latent
+    monkeypatch.setattr(
+        optimise, "optimise_latent", lambda *a, **k: runs.append(1) or real(*a, **k)
+    )
+    wplus, optimised = code_and_embedding[0], {}
+    full = pipe.edit(wplus, "smiling", strength=1.0, optimised=optimised)
+    half = pipe.edit(wplus, "smiling", strength=0.5, optimised=optimised)
+    assert len(runs) == 1  # the slider move reused the optimum
+    torch.testing.assert_close(half.wplus - wplus, 0.5 * (full.wplus - wplus))
+    pipe.edit(wplus, "grey hair", strength=0.5, optimised=optimised)
+    assert len(runs) == 2  # another prompt is another optimisation
+    pipe.edit(wplus, "smiling", strength=0.5)
+    assert len(runs) == 3  # no cache given: optimised afresh, as before

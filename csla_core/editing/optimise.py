@@ -126,6 +126,38 @@ class LatentOptimiser:
         self.clip = clip
         self.config = config or OptimisationConfig()
 
+    def optimise(self, wplus: torch.Tensor, target_prompt: str) -> EditResult:
+        """The optimum towards ``target_prompt`` (strength 1) with its change in ``delta_w``:
+        the costly part, which ``scale`` reuses for every strength."""
+        wplus = self.generator.to_wplus(wplus.float())
+        res = optimise_latent(self.generator, self.clip, wplus, target_prompt, self.config)
+        return replace(res, delta_w=res.wplus - wplus.to(res.wplus.device))
+
+    def scale(
+        self,
+        optimum: EditResult,
+        wplus: torch.Tensor,
+        strength: float = 1.0,
+        source_prompt: str | None = None,
+        seed: int = 0,
+    ) -> EditResult:
+        """The edit at ``strength``: the input plus ``strength`` times the optimised change."""
+        wplus = self.generator.to_wplus(wplus.float())
+        dw = float(strength) * optimum.delta_w.to(wplus.device)
+        edited = wplus + dw
+        with torch.no_grad():
+            styles = self.generator.styles_from_wplus(edited)
+        return replace(
+            optimum,
+            wplus=edited,
+            styles=styles,
+            delta_w=dw,
+            directions=torch.zeros(1, self.clip.embed_dim),
+            strength=float(strength),
+            source_prompt=source_prompt or self.clip.neutral_prompt,
+            seed=int(seed),
+        )
+
     def edit(
         self,
         wplus: torch.Tensor,
@@ -135,19 +167,4 @@ class LatentOptimiser:
         seed: int = 0,
     ) -> EditResult:
         """Optimise towards ``target_prompt`` (``source_prompt`` only labels the result)."""
-        wplus = self.generator.to_wplus(wplus.float())
-        res = optimise_latent(self.generator, self.clip, wplus, target_prompt, self.config)
-        dw = float(strength) * (res.wplus - wplus.to(res.wplus.device))
-        edited = wplus.to(dw.device) + dw
-        with torch.no_grad():
-            styles = self.generator.styles_from_wplus(edited)
-        return replace(
-            res,
-            wplus=edited,
-            styles=styles,
-            delta_w=dw,
-            directions=torch.zeros(1, self.clip.embed_dim),
-            strength=float(strength),
-            source_prompt=source_prompt or self.clip.neutral_prompt,
-            seed=int(seed),
-        )
+        return self.scale(self.optimise(wplus, target_prompt), wplus, strength, source_prompt, seed)

@@ -25,6 +25,8 @@ class CachedInversion:
     inversion: Any  # csla_core.pipeline.Inversion (CPU tensors, PIL images)
     reconstruction: PIL.Image.Image | None = None
     embedding: torch.Tensor | None = None  # CLIP embedding of the face's render (edit anchor)
+    # Without mappers: each prompt's optimised edit of this face, so the slider only rescales it.
+    optimised: OrderedDict[tuple, Any] = field(default_factory=OrderedDict)
 
 
 @dataclass

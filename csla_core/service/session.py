@@ -55,6 +55,7 @@ if TYPE_CHECKING:  # faces pulls in facenet-pytorch; only its types are needed h
     from ..pipeline import CSLAPipeline, Inversion
 
 PREVIEW_RESOLUTION = 256  # a quick first render before the full-size one (when larger)
+OPTIMISED_PER_FACE = 4  # fallback optimisations kept per cached face (one per prompt)
 MISSING_PIPELINE_MESSAGE = (
     "The model weights are missing (details at the top of the page). Run "
     "“python -m csla_core download”, then restart the app; or start it with "
@@ -206,7 +207,16 @@ class EditingService:
         """An edit of a cached face; its CLIP anchor is computed once and kept in the entry."""
         if entry.embedding is None:
             entry.embedding = self.embed(entry.inversion.wplus)
-        return self.edit(entry.inversion.wplus, prompt, image_embedding=entry.embedding, **kwargs)
+        result = self.edit(
+            entry.inversion.wplus,
+            prompt,
+            image_embedding=entry.embedding,
+            optimised=entry.optimised,
+            **kwargs,
+        )
+        while len(entry.optimised) > OPTIMISED_PER_FACE:
+            entry.optimised.popitem(last=False)
+        return result
 
     def paste(self, inversion: Inversion, image: PIL.Image.Image) -> PIL.Image.Image:
         return self.require().paste(inversion, image)
