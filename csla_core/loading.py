@@ -5,8 +5,10 @@ Nothing is loaded at import; every model is built once, here.
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -17,6 +19,11 @@ from .models.e4e import Encoder4Editing, EncoderConfig
 from .models.stylegan2 import Generator, GeneratorConfig
 from .pipeline import PRECISIONS, CSLAPipeline
 from .runtime import tune_cpu_allocator
+
+if TYPE_CHECKING:
+    from .models.mappers import CSLAMappers
+
+logger = logging.getLogger(__name__)
 
 
 def default_device() -> torch.device:
@@ -72,17 +79,32 @@ def _generator_from_state(state: dict) -> Generator:
 
 
 def find_mappers(
-    path: str | os.PathLike | None, directory: Path, repo: str | None, allow_download: bool
+    path: str | os.PathLike | None,
+    directory: Path,
+    repo: str | None,
+    allow_download: bool,
+    fingerprints: dict[str, str],
 ) -> Path | None:
-    """Trained mappers: explicit path / CSLA_MAPPERS / checkpoint folder, else a hub repo given
-    by ``repo`` or ``CSLA_MAPPERS_REPO`` (no official mappers exist: the repo is the user's
-    choice, so it is not pinned). None when there are none: edits then use the baseline."""
-    local = weights.find_local(weights.CSLA_MAPPERS, path=path, directory=directory)
-    if local is not None:
-        return local.path
+    """Mappers, in order: an explicit path (a file, or a folder holding mappers.safetensors) or
+    CSLA_MAPPERS; a hub repo given by ``repo`` or ``CSLA_MAPPERS_REPO`` (none is official, so
+    none is pinned); mappers made for these models (``fingerprints``) in the checkpoint folder
+    or the user's cache; csla_mappers.safetensors in the checkpoint folder. None when there are
+    none: edits then use the optimisation fallback."""
+    if path is not None and Path(path).is_dir():
+        path = Path(path) / "mappers.safetensors"
+    if path is not None or os.environ.get(weights.CSLA_MAPPERS.env_var):
+        return weights.find_local(weights.CSLA_MAPPERS, path=path).path
     repo = repo or os.environ.get("CSLA_MAPPERS_REPO")
-    if not repo:
-        return None
+    if repo:
+        return _download_mappers(repo, directory, allow_download)
+    made_here = weights.mappers_for_models(fingerprints, directory)
+    if made_here is not None:
+        return made_here
+    local = weights.find_local(weights.CSLA_MAPPERS, directory=directory)
+    return local.path if local is not None else None
+
+
+def _download_mappers(repo: str, directory: Path, allow_download: bool) -> Path:
     if not allow_download or weights.hub_offline():
         raise WeightsError(
             f"CSLA mappers from {repo} were asked for, but downloads are off; put "
@@ -94,6 +116,16 @@ def find_mappers(
         return Path(hf_hub_download(repo, weights.CSLA_MAPPERS.filename))
     except Exception as exc:  # any hub failure means the same thing to the user
         raise WeightsError(f"Could not download CSLA mappers from {repo}: {exc}") from exc
+
+
+def load_mappers_for(pipe: CSLAPipeline, path: Path, device: torch.device) -> CSLAMappers:
+    """Mappers from ``path``, refused when they were made for other models than ``pipe``'s."""
+    from .models.mappers import CSLAMappers
+
+    mappers = CSLAMappers.load(path, device=device)
+    if not weights.check_mappers_models(mappers.config.meta, pipe.fingerprints, path):
+        logger.warning("%s does not record which models it was made for; using it as it is", path)
+    return mappers
 
 
 def load_pipeline(
@@ -114,6 +146,7 @@ def load_pipeline(
     precision: str = "fp32",
     tiny_clip: bool = False,
     tune_allocator: bool = True,
+    with_mappers: bool = True,
 ) -> CSLAPipeline:
     """Build the pipeline.
 
@@ -130,6 +163,9 @@ def load_pipeline(
     ``precision``: "fp32" (default), "fp16" (CUDA) or "bf16" (autocast; within 2e-2 of fp32).
     ``size`` and ``tiny_clip`` (random weights only): a smaller generator, and a small random CLIP
     with the real tokenizer instead of ViT-B/32, for fast tests of everything around the models.
+    ``with_mappers=False``: no mappers, as on a first run before any exist (edits use the
+    optimisation fallback). Otherwise mappers are found as ``find_mappers`` says; with random
+    weights and none found, untrained ones. Mappers made for other models are refused.
     ``tune_allocator`` (default on): keep freed tensor memory in the process for reuse
     (``csla_core.runtime.tune_cpu_allocator``; glibc only, process-wide): faster CPU renders,
     and the process keeps its memory high-water mark (README, "The allocator"). False leaves
@@ -145,12 +181,10 @@ def load_pipeline(
     if random_weights:
         generator, encoder, latent_avg = random_models(seed, size)
         sources = {"generator": "random", "encoder": "random"}
-        clip = mappers = None
-        if with_clip:
-            clip = random_clip(seed, device, tiny=tiny_clip)
-            mappers = random_mappers(seed, generator, clip, latent_avg).to(device)
-            sources.update(clip="random", mappers="random")
-        return CSLAPipeline(
+        clip = random_clip(seed, device, tiny=tiny_clip) if with_clip else None
+        if clip is not None:
+            sources["clip"] = "random"
+        pipe = CSLAPipeline(
             generator=_frozen(generator, device),
             encoder=_frozen(encoder, device),
             latent_avg=latent_avg.to(device),
@@ -158,9 +192,27 @@ def load_pipeline(
             random_weights=True,
             sources=sources,
             clip=clip,
-            mappers=mappers,
             precision=precision,
         )
+        if clip is None or not with_mappers:
+            return pipe
+        # Only mappers asked for by name: a search could pick up files of earlier runs, and
+        # random-weights runs (tests, benchmarks) must not depend on what a machine holds.
+        found = None
+        if mappers_path is not None or mappers_repo or os.environ.get("CSLA_MAPPERS"):
+            folder = weights.checkpoint_dir(checkpoint_dir)
+            found = find_mappers(
+                mappers_path, folder, mappers_repo, allow_download, pipe.fingerprints
+            )
+        if found is not None:
+            pipe.mappers, pipe.sources["mappers"] = (
+                load_mappers_for(pipe, found, device),
+                str(found),
+            )
+        else:  # untrained mappers: every CSLA code path runs (outputs are noise anyway)
+            pipe.mappers = random_mappers(seed, generator, clip, latent_avg).to(device)
+            pipe.sources["mappers"] = "random"
+        return pipe
 
     folder = weights.checkpoint_dir(checkpoint_dir)
     wanted: dict[weights.WeightSpec, str | os.PathLike | None] = {}
@@ -210,22 +262,20 @@ def load_pipeline(
             str(files[weights.CLIP_VIT_B32]), CLIP_MODEL_NAME, device=device
         )
         sources["clip"] = str(files[weights.CLIP_VIT_B32])
-    mappers = None
-    mappers_file = (
-        find_mappers(mappers_path, folder, mappers_repo, allow_download) if with_clip else None
-    )
-    if mappers_file is not None:
-        from .models.mappers import CSLAMappers
-
-        mappers = CSLAMappers.load(mappers_file, device=device)
-        sources["mappers"] = str(mappers_file)
-    return CSLAPipeline(
+    pipe = CSLAPipeline(
         generator=_frozen(generator, device),
         encoder=_frozen(encoder, device) if encoder is not None else None,
         latent_avg=_latent_avg_rows(latent_avg, generator).to(device),
         device=device,
         sources=sources,
         clip=clip,
-        mappers=mappers,
         precision=precision,
     )
+    if clip is not None and with_mappers:
+        found = find_mappers(mappers_path, folder, mappers_repo, allow_download, pipe.fingerprints)
+        if found is not None:
+            pipe.mappers, pipe.sources["mappers"] = (
+                load_mappers_for(pipe, found, device),
+                str(found),
+            )
+    return pipe

@@ -63,12 +63,34 @@ class CSLAPipeline:
     synthesis: Impl | None = None  # None: by device (see ``impl``)
     face_detector: object | None = None  # created on first use of a photo
     _editor: TextEditor | None = field(default=None, repr=False)
+    _fingerprints: dict[str, str] | None = field(default=None, repr=False)
 
     # ------------------------------------------------------------------ info
     @property
     def notice(self) -> str:
         """Text every front end shows beside outputs ("" for real weights)."""
         return RANDOM_WEIGHTS_NOTICE if self.random_weights else ""
+
+    def use_mappers(self, mappers: CSLAMappers | None, source: str) -> None:
+        """Edit with these mappers from now on (None: the optimisation fallback); e.g. when
+        calibration finishes while the app runs."""
+        self.mappers, self._editor = mappers, None
+        if mappers is None:
+            self.sources.pop("mappers", None)
+        else:
+            self.sources["mappers"] = source
+
+    @property
+    def fingerprints(self) -> dict[str, str]:
+        """Content hashes of the generator and CLIP (``weights.model_fingerprint``): which
+        models mappers are made for. Computed once (about 0.6 s for ViT-B/32 on a CPU)."""
+        if self._fingerprints is None:
+            from .weights import model_fingerprint
+
+            self._fingerprints = {"generator": model_fingerprint(self.generator)}
+            if self.clip is not None:
+                self._fingerprints["clip"] = model_fingerprint(self.clip)
+        return self._fingerprints
 
     @property
     def impl(self) -> Impl:

@@ -476,3 +476,66 @@ def load_state_strict(
             )
         raise WeightsError(f"The {what} weights do not fit the model: {'; '.join(detail)}.")
     module.load_state_dict(state, strict=True)
+
+
+# ---------------------------------------------------------------------- model fingerprints
+def model_fingerprint(module: torch.nn.Module) -> str:
+    """A content hash of a model's weights (SHA-256 of every parameter and buffer, by name,
+    dtype and shape): mappers record the generator and CLIP they were made for with it."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
+        # Bytes without a copy (0-d tensors and bool/bfloat16 need the flat uint8 view).
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
+# Mapper metadata keys holding the fingerprints of the models the mappers were made for.
+MAPPER_MODEL_KEYS = {"generator": "generator_sha256", "clip": "clip_sha256"}
+
+
+def models_meta(fingerprints: Mapping[str, str]) -> dict[str, str]:
+    """The mapper metadata that records which models they are made for."""
+    return {key: fingerprints[role] for role, key in MAPPER_MODEL_KEYS.items()}
+
+
+def mappers_cache_dir() -> Path:
+    """Where mappers made on this machine are kept (``CSLA_CACHE``, default ~/.cache/csla)."""
+    root = os.environ.get("CSLA_CACHE") or Path.home() / ".cache" / "csla"
+    return Path(root).expanduser() / "mappers"
+
+
+def mappers_filename(fingerprints: Mapping[str, str]) -> str:
+    """The file name of mappers made for these models: found again at the next start."""
+    return (
+        f"csla_mappers-g{fingerprints['generator'][:12]}-c{fingerprints['clip'][:12]}.safetensors"
+    )
+
+
+def mappers_for_models(fingerprints: Mapping[str, str], directory: Path) -> Path | None:
+    """Mappers made for these models in the checkpoint folder or the user's cache, if any."""
+    name = mappers_filename(fingerprints)
+    for folder in (checkpoint_dir(directory), mappers_cache_dir()):
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def check_mappers_models(
+    meta: Mapping[str, str], fingerprints: Mapping[str, str], path: os.PathLike | str
+) -> bool:
+    """Refuse mappers made for other models (WeightsError naming both). False when the file
+    records no models (made before they were recorded): it is used as it is."""
+    recorded = {role: meta.get(key) for role, key in MAPPER_MODEL_KEYS.items()}
+    if not all(recorded.values()):
+        return False
+    wrong = [role for role, value in recorded.items() if value != fingerprints.get(role)]
+    if wrong:
+        made = ", ".join(f"{r} {recorded[r][:12]}" for r in MAPPER_MODEL_KEYS)
+        loaded = ", ".join(f"{r} {fingerprints[r][:12]}" for r in MAPPER_MODEL_KEYS)
+        raise WeightsError(
+            f"The CSLA mappers in {path} were made for other models ({made}) than the ones "
+            f"loaded ({loaded}). Make mappers for these models with `python -m csla_core "
+            "calibrate`, or give the matching mappers with --mappers."
+        )
+    return True

@@ -422,9 +422,7 @@ def test_download_killed_half_way_leaves_nothing_that_passes_and_the_next_run_co
     assert len(hub.gets) == 2 and hub.gets[1] is None  # the second run started from scratch
 
 
-def test_cut_off_safetensors_file_is_reported_and_fetched_again(
-    isolated_weights_env, monkeypatch
-):
+def test_cut_off_safetensors_file_is_reported_and_fetched_again(isolated_weights_env, monkeypatch):
     """A safetensors file without a pinned hash (CLIP) is still checked for completeness: one cut
     short (an interrupted copy into the folder) is refused with a message, and re-downloaded."""
     import huggingface_hub
@@ -455,3 +453,56 @@ def test_cut_off_safetensors_file_is_reported_and_fetched_again(
     assert not (isolated_weights_env / "small.pt").exists()
     # ... and a whole one is kept without a download
     assert weights.download(spec, local_dir=isolated_weights_env) == cut and len(served) == 1
+
+
+def _tiny_pipe(seed: int, **options):
+    from csla_core import load_pipeline
+
+    return load_pipeline(random_weights=True, device="cpu", size=32, seed=seed, tiny_clip=True,
+                         **options)  # fmt: skip
+
+
+def test_mappers_belong_to_the_models_they_were_made_for(tmp_path):
+    pipe = _tiny_pipe(0)
+    pipe.mappers.config.meta.update(weights.models_meta(pipe.fingerprints))
+    path = pipe.mappers.save(tmp_path / "mine.safetensors")
+    again = _tiny_pipe(0, mappers_path=path)
+    assert again.sources["mappers"] == str(path)
+    other = _tiny_pipe(1)
+    assert other.fingerprints["generator"] != pipe.fingerprints["generator"]
+    with pytest.raises(WeightsError, match="made for other models") as excinfo:
+        _tiny_pipe(1, mappers_path=path)
+    # The message names both sets of models, so the user sees which is which.
+    for fingerprints in (pipe.fingerprints, other.fingerprints):
+        assert fingerprints["generator"][:12] in str(excinfo.value)
+    # A folder holding mappers.safetensors (what calibrate and train write) works as --mappers.
+    pipe.mappers.save(tmp_path / "run" / "mappers.safetensors")
+    assert _tiny_pipe(0, mappers_path=tmp_path / "run").mappers is not None
+
+
+def test_mappers_made_for_the_loaded_models_are_found_by_name(tmp_path, monkeypatch):
+    from csla_core.loading import find_mappers
+
+    monkeypatch.setenv("CSLA_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("CSLA_MAPPERS", raising=False)
+    monkeypatch.delenv("CSLA_MAPPERS_REPO", raising=False)
+    prints = {"generator": "a" * 64, "clip": "b" * 64}
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    assert find_mappers(None, folder, None, False, prints) is None
+    cached = weights.mappers_cache_dir() / weights.mappers_filename(prints)
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"x")
+    assert find_mappers(None, folder, None, False, prints) == cached
+    other = {"generator": "c" * 64, "clip": "b" * 64}
+    assert find_mappers(None, folder, None, False, other) is None  # made for other models
+    local = folder / weights.mappers_filename(prints)
+    local.write_bytes(b"x")
+    assert find_mappers(None, folder, None, False, prints) == local  # the checkpoint folder first
+
+
+def test_mappers_without_recorded_models_are_used_as_they_are():
+    assert (
+        weights.check_mappers_models({}, {"generator": "a", "clip": "b"}, "old.safetensors")
+        is False
+    )
