@@ -539,3 +539,17 @@ def check_mappers_models(
             "calibrate`, or give the matching mappers with --mappers."
         )
     return True
+
+
+# ---------------------------------------------------------------------- shipped edit directions
+DATA_DIR = Path(__file__).resolve().parent / "data"
+# Published InterFaceGAN directions in FFHQ StyleGAN2's W (data/NOTICE.md): name -> file.
+REFERENCE_DIRECTIONS = {"smile": "interfacegan_smile.pt", "age": "interfacegan_age.pt"}
+
+
+def read_reference_direction(name: str) -> torch.Tensor:
+    """A shipped W-space edit direction [512], unit norm (``REFERENCE_DIRECTIONS``)."""
+    tensor = torch.load(
+        DATA_DIR / REFERENCE_DIRECTIONS[name], map_location="cpu", weights_only=True
+    )
+    return tensor.reshape(-1).float()
