@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
-from csla_core.faces.core import ffhq_quad
+from csla_core.faces import ffhq_quad
 
 # Third-party photos live next to the repository, never inside it (see their README files).
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"

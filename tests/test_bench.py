@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 import math
 
-from csla_core.evaluation.bench import bench_command, format_report
+from csla_core.cli import main as cli_main
+from csla_core.evaluation.bench import format_report
 
 STAGES = [
     "generator 64, fast path",
@@ -33,8 +34,8 @@ STAGES = [
 
 def test_bench_reports_every_stage_with_ratios_and_parity(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    argv = ["--size", "64", "--preview", "16", "--repeats", "1", "--json", str(out)]
-    assert bench_command(argv) == 0
+    argv = ["bench", "--size", "64", "--preview", "16", "--repeats", "1", "--json", str(out)]
+    assert cli_main(argv) == 0
     report = json.loads(out.read_text())
     timings = {t["stage"]: t for t in report["timings"]}
     assert set(STAGES) <= set(timings), set(STAGES) - set(timings)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -10,6 +11,8 @@ import torch
 from conftest import REPO_ROOT
 from PIL import Image
 from skimage import data
+
+from csla_core.cli import COMMANDS, main
 
 pytestmark = pytest.mark.slow
 OFFLINE_MODELS = ("--random-weights", "--device", "cpu")
@@ -47,6 +50,24 @@ def test_help_lists_every_command():
     ):
         assert f"  {command} " in result.stdout
     assert run("frobnicate").returncode == 2
+
+
+# Spellings the commands used to drift between; they still parse, but --help shows only the
+# one vocabulary (-o/--output, -n/--samples, --device, --json).
+RETIRED_FLAGS = ("--out ", "--output-dir", "--n ", "--n-samples", "--to ", "--cpu")
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_every_command_has_help_in_the_one_vocabulary(command, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main([command, "--help"])
+    assert exc.value.code == 0
+    text = capsys.readouterr().out
+    assert f"python -m csla_core {command}" in text
+    assert not [flag for flag in RETIRED_FLAGS if flag in text], text
+    for short, long in (("-o", "--output"), ("-n", "--samples")):
+        if long in text:  # always with its short form (argparse 3.13 prints "-o, --output X")
+            assert re.search(rf"{short}( [A-Z]+)?, {long}", text), (short, text)
 
 
 def test_invert_writes_code_crop_and_reconstructions(astronaut, tmp_path):
@@ -99,7 +120,7 @@ def test_generate_writes_the_requested_images(tmp_path):
 
 def test_tiny_train_then_edit_end_to_end(tmp_path):
     runs = tmp_path / "runs"
-    trained = run("train", "--tiny", "--output-dir", str(runs), "--steps", "40")
+    trained = run("train", "--tiny", "-o", str(runs), "--steps", "40")
     assert trained.returncode == 0, trained.stderr
     assert (runs / "mappers.safetensors").is_file()
     edited = run(
@@ -109,9 +130,9 @@ def test_tiny_train_then_edit_end_to_end(tmp_path):
         str(runs),
         "--prompt",
         "a smiling face",
-        "--n",
+        "-n",
         "3",
-        "--out",
+        "-o",
         str(tmp_path / "out"),
     )
     assert edited.returncode == 0, edited.stderr

@@ -16,7 +16,8 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from csla_core.editing.editor import TextEditor, edit_command, generate_command
+from csla_core.cli import main as cli_main
+from csla_core.editing.editor import TextEditor
 from csla_core.editing.optimise import LatentOptimiser, OptimisationConfig, optimise_latent
 from csla_core.editing.strength import calibrate_strength
 from csla_core.errors import CSLAError, PromptError, WeightsError
@@ -24,7 +25,6 @@ from csla_core.evaluation.metrics import (
     UNAVAILABLE,
     clip_diversity,
     evaluate,
-    evaluate_command,
     mean_pairwise_distance,
 )
 from csla_core.models.builders import build_tiny_models
@@ -43,7 +43,6 @@ from csla_core.training.loop import (
     heldout_error,
     model_card,
     train,
-    train_command,
 )
 
 RES = 8  # render size everywhere in these tests
@@ -455,29 +454,34 @@ def test_evaluate_table(tiny, editor):
 # ---------------------------------------------------------------------- commands
 def test_commands_run_on_tiny_models(trained, tmp_path, capsys):
     out = trained[0]
-    assert train_command(["--tiny", "--output-dir", str(tmp_path / "t"), "--steps", "2",
-                          "--batch-size", "4", "--pool-size", "0", "--eval-samples", "0",
-                          "--latent-avg-samples", "256", "--scale-samples", "256"]) == 0
+    small = "--steps 2 --batch-size 4 --pool-size 0 --eval-samples 0".split()
+    small += "--latent-avg-samples 256 --scale-samples 256".split()
+    assert cli_main(["train", "--tiny", "-o", str(tmp_path / "t"), *small]) == 0
     assert (tmp_path / "t" / "mappers.safetensors").is_file()
-    assert edit_command(["--tiny", "--mappers", str(out), "--prompt", PROMPT, "--n", "2",
-                         "--resolution", "8", "--out", str(tmp_path / "e")]) == 0
+    edit = ["edit-latent", "--tiny", "--mappers", str(out), "--prompt", PROMPT, "-n", "2"]
+    assert cli_main([*edit, "--resolution", "8", "-o", str(tmp_path / "e")]) == 0
     assert (tmp_path / "e" / "edit.png").is_file()
-    assert generate_command(["--tiny", "--mappers", str(out / "mappers.safetensors"),
-                             "--prompt", PROMPT, "--n", "2", "--resolution", "8",
-                             "--out", str(tmp_path / "g")]) == 0
+    generate = ["generate-latent", "--tiny", "--mappers", str(out / "mappers.safetensors")]
+    generate += ["--prompt", PROMPT, "--samples", "2", "--resolution", "8"]
+    assert cli_main([*generate, "--output", str(tmp_path / "g")]) == 0
     assert (tmp_path / "g" / "generate.png").is_file()
-    assert evaluate_command(["--tiny", "--mappers", str(out), "--prompts", PROMPT,
-                             "--n-images", "1", "--n-samples", "2", "--baseline-steps", "2"]) == 0
+    evaluate_args = ["evaluate", "--tiny", "--mappers", str(out), "--prompts", PROMPT]
+    evaluate_args += "--n-images 1 -n 2 --baseline-steps 2".split()
+    assert cli_main(evaluate_args) == 0
     assert "optimisation baseline" in capsys.readouterr().out
-    assert edit_command(["--tiny", "--mappers", str(out), "--prompt", PROMPT, "--n", "2",
-                         "--resolution", "8", "--strength", "auto", "--target-clip-gain", "2.5",
-                         "--out", str(tmp_path / "a")]) == 0
+    auto = ["--resolution", "8", "--strength", "auto", "--target-clip-gain", "2.5"]
+    assert cli_main([*edit, *auto, "-o", str(tmp_path / "a")]) == 0
     captured = capsys.readouterr()
     report = json.loads(captured.out.strip().splitlines()[-1])
     assert report["target_reached"] is False and abs(report["strength"]) <= 3.0
     assert "could not reach" in captured.err
     # Clear errors, not tracebacks:
-    assert edit_command(["--tiny", "--prompt", PROMPT, "--out", str(tmp_path / "x")]) == 2
-    assert train_command(["--output-dir", str(tmp_path / "y")]) == 2
-    assert edit_command(["--tiny", "--mappers", str(out), "--prompt", " ",
-                         "--out", str(tmp_path / "z")]) == 2
+    assert cli_main(["edit-latent", "--tiny", "--prompt", PROMPT, "-o", str(tmp_path / "x")]) == 2
+    assert "no --mappers given" in capsys.readouterr().err
+    assert cli_main(["train", "-o", str(tmp_path / "y")]) == 2
+    blank = ["edit-latent", "--tiny", "--mappers", str(out), "--prompt", " "]
+    assert cli_main([*blank, "-o", str(tmp_path / "z")]) == 2
+    # The old spellings still work (hidden from --help).
+    old = ["edit-latent", "--tiny", "--mappers", str(out), "--prompt", PROMPT, "--n", "1"]
+    assert cli_main([*old, "--resolution", "8", "--out", str(tmp_path / "old")]) == 0
+    assert (tmp_path / "old" / "edit.png").is_file()

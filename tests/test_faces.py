@@ -1,4 +1,4 @@
-"""Photo -> FFHQ-aligned crop -> photo (csla_core.faces.core), on real photos.
+"""Photo -> FFHQ-aligned crop -> photo (csla_core.faces), on real photos.
 
 Committed inputs are scikit-image's public-domain photos (astronaut, chelsea) and images generated
 here. Third-party photos are read from ../shared (outside the repository); tests needing them skip
@@ -28,17 +28,17 @@ from hypothesis import strategies as st
 from PIL import Image, ImageOps
 from skimage import data
 
+from csla_core.cli import main as cli_main
 from csla_core.errors import InputImageError, NoFaceError
-from csla_core.faces.core import (
+from csla_core.evaluation.bench import benchmark_detect_align
+from csla_core.faces import (
     FFHQ_EYE_DISTANCE_SCALE,
     FFHQ_EYE_SHIFT,
     MIN_FACE_SIZE,
     AlignedFace,
     Face,
     FaceDetector,
-    align_command,
     align_face,
-    benchmark_detect_align,
     crop_to_tensor,
     face_mask,
     ffhq_quad,
@@ -621,27 +621,28 @@ def test_align_command(tmp_path, astronaut: Image.Image, capsys) -> None:
     photo = tmp_path / "astronaut.png"
     astronaut.save(photo)
     out = tmp_path / "new folder" / "crop.png"  # created when missing
-    assert align_command([str(photo), "-o", str(out), "--size", "256"]) == 0
+    assert cli_main(["align", str(photo), "-o", str(out), "--size", "256"]) == 0
     assert Image.open(out).size == (256, 256)
     printed = capsys.readouterr().out
     assert re.search(r"face 0: box \(\d+, \d+, \d+, \d+\), score 1\.000", printed)
     plain = tmp_path / "plain.png"
     assert (
-        align_command([str(photo), "-o", str(plain), "--size", "256", "--no-ffhq-correction"]) == 0
+        cli_main(["align", str(photo), "-o", str(plain), "--size", "256", "--no-ffhq-correction"])
+        == 0
     )
     capsys.readouterr()
     # Without the correction the crop is a little wider (about 2 %) and higher: another image.
     assert psnr(np.asarray(Image.open(plain)), np.asarray(Image.open(out))) < 30
 
-    assert align_command([str(photo), "--face", "3"]) == 2
+    assert cli_main(["align", str(photo), "--face", "3"]) == 2
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and "out of range: 1 face found" in error
 
     cat = tmp_path / "cat.jpg"
     Image.fromarray(data.chelsea()).save(cat)
-    assert align_command([str(cat)]) == 2
+    assert cli_main(["align", str(cat)]) == 2
     assert "No face found" in capsys.readouterr().err
-    assert align_command([str(tmp_path / "missing.jpg")]) == 2
+    assert cli_main(["align", str(tmp_path / "missing.jpg")]) == 2
     assert "not found" in capsys.readouterr().err
 
 

@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from conftest import SHARED
 
+from csla_core.cli import main as cli_main
 from csla_core.errors import WeightsError
-from csla_core.evaluation.metrics import evaluate_command
 from csla_core.models.face_id import (
     MobileFaceNet,
     embed_photo,
@@ -29,7 +29,8 @@ IMAGES = ASSETS / "images"
 needs_assets = pytest.mark.skipif(
     not CKPT.is_file() or not IMAGES.is_dir(),
     reason=f"the MobileFaceNet checkpoint and photos of {ASSETS} are not here (third-party "
-    "files, never committed)")
+    "files, never committed)",
+)
 
 PEOPLE = {
     "obama": ["us_government/obama.jpg", "us_government/obama2.jpg", "us_government/obama3.jpg"],
@@ -48,14 +49,19 @@ def net():
 
 @needs_assets
 def test_same_person_scores_clearly_above_different_people(net):
-    emb = {(who, f): F.normalize(embed_photo(net, IMAGES / f), dim=0)
-           for who, files in PEOPLE.items() for f in files}
+    emb = {
+        (who, f): F.normalize(embed_photo(net, IMAGES / f), dim=0)
+        for who, files in PEOPLE.items()
+        for f in files
+    }
     same, different = [], []
     for (a, ea), (b, eb) in itertools.combinations(emb.items(), 2):
         (same if a[0] == b[0] else different).append(float(ea @ eb))
-    print(f"\nMobileFaceNet cosine: same person {min(same):.2f}..{max(same):.2f} "
-          f"({len(same)} pairs), different people {min(different):.2f}..{max(different):.2f} "
-          f"({len(different)} pairs)")
+    print(
+        f"\nMobileFaceNet cosine: same person {min(same):.2f}..{max(same):.2f} "
+        f"({len(same)} pairs), different people {min(different):.2f}..{max(different):.2f} "
+        f"({len(different)} pairs)"
+    )
     # The checkpoint's notes report 0.64-0.75 same / -0.22..0.37 different on these photos.
     assert min(same) > 0.55
     assert max(different) < 0.45
@@ -67,7 +73,7 @@ def test_fixed_ffhq_template_agrees_with_detected_landmarks(net):
     """Renders are embedded without a detector (FFHQ's fixed 5 points); on real FFHQ-aligned
     faces that must match the embedding from MTCNN's own points, and still recognise the
     person in an unaligned photo."""
-    from csla_core.faces.core import load_image
+    from csla_core.faces import load_image
     from csla_core.imaging import pil_to_tensor
 
     paths = sorted((IMAGES / "ffhq_aligned_1024").glob("*.png"))
@@ -76,12 +82,13 @@ def test_fixed_ffhq_template_agrees_with_detected_landmarks(net):
     fixed = F.normalize(load_face_embedder(CKPT)(renders), dim=1)
     detected = torch.stack([F.normalize(embed_photo(net, p), dim=0) for p in paths])
     cos = fixed @ detected.T
-    print(f"\nfixed template vs detected points: same image {cos.diag().min():.2f}, "
-          f"other images <= {(cos - 2 * torch.eye(len(paths))).max():.2f}")
+    print(
+        f"\nfixed template vs detected points: same image {cos.diag().min():.2f}, "
+        f"other images <= {(cos - 2 * torch.eye(len(paths))).max():.2f}"
+    )
     assert cos.diag().min() > 0.85
     assert (cos - 2 * torch.eye(len(paths))).max() < 0.5
-    wild = F.normalize(embed_photo(net, IMAGES / "celeba_in_the_wild" / "celeba_081680.jpg"),
-                       dim=0)
+    wild = F.normalize(embed_photo(net, IMAGES / "celeba_in_the_wild" / "celeba_081680.jpg"), dim=0)
     assert float(fixed[-1] @ wild) > 0.85  # the same woman, aligned crop vs original photo
 
 
@@ -120,8 +127,11 @@ def test_identity_weights_formats_are_told_apart(tmp_path):
     images = torch.rand(2, 3, 64, 64) * 2 - 1
     got = load_face_embedder(tmp_path / "facenet.pt")(images)
     with torch.no_grad():
-        want = facenet(F.interpolate(images, size=(160, 160), mode="bilinear",
-                                     align_corners=False, antialias=True))
+        want = facenet(
+            F.interpolate(
+                images, size=(160, 160), mode="bilinear", align_corners=False, antialias=True
+            )
+        )
     # Measured 0 (the same ops); fp32 vs float64: 6.7e-8; images in [0, 1] for [-1, 1]: 2.2e-3.
     assert torch.allclose(got, want, atol=1e-5)
 
@@ -139,14 +149,26 @@ def test_identity_weights_formats_are_told_apart(tmp_path):
 @needs_assets
 def test_evaluate_reports_identity_with_the_mobilefacenet_file(tmp_path, capsys):
     out = tmp_path / "table.json"
-    args = ["--tiny", "--prompts", "a smiling face", "--n-images", "1", "--baseline-steps", "2",
-            "--resolution", "32", "--output", str(out)]
-    assert evaluate_command([*args, "--identity-weights", str(CKPT)]) == 0
+    args = [
+        "evaluate",
+        "--tiny",
+        "--prompts",
+        "a smiling face",
+        "--n-images",
+        "1",
+        "--baseline-steps",
+        "2",
+        "--resolution",
+        "32",
+        "--json",
+        str(out),
+    ]
+    assert cli_main([*args, "--identity-weights", str(CKPT)]) == 0
     printed = capsys.readouterr().out
     assert "LPIPS unavailable:" in printed  # and says why
     baseline = json.loads(out.read_text())["rows"][1]
     assert baseline["method"] == "optimisation baseline"
     assert isinstance(baseline["identity"], float) and -1.0 <= baseline["identity"] <= 1.0
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
-    assert evaluate_command([*args, "--identity-weights", str(tmp_path / "junk.pt")]) == 2
+    assert cli_main([*args, "--identity-weights", str(tmp_path / "junk.pt")]) == 2
     assert "not a tensors-only torch file" in capsys.readouterr().err

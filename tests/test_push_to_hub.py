@@ -8,8 +8,8 @@ import json
 import huggingface_hub
 import pytest
 
+from csla_core.cli import main as cli_main
 from csla_core.models.mappers import CSLAMappers
-from csla_core.training.loop import train_command
 
 
 class RecordingApi:
@@ -25,8 +25,9 @@ class RecordingApi:
         self.calls.append(("create_repo", {"repo_id": repo_id, **options}))
         return f"https://huggingface.co/{repo_id}"
 
-    def upload_folder(self, *, repo_id: str, folder_path: str, allow_patterns: list[str],
-                      **options: object) -> None:
+    def upload_folder(
+        self, *, repo_id: str, folder_path: str, allow_patterns: list[str], **options: object
+    ) -> None:
         from pathlib import Path
 
         self.calls.append(("upload_folder", {"repo_id": repo_id, **options}))
@@ -45,10 +46,13 @@ def recorder(monkeypatch):
 
 def test_train_push_to_hub_uploads_weights_config_and_card(recorder, tmp_path, capsys):
     out = tmp_path / "run"
-    code = train_command(["--tiny", "--output-dir", str(out), "--steps", "2", "--batch-size", "4",
-                          "--pool-size", "0", "--eval-samples", "8", "--hidden-dim", "32",
-                          "--mixing-hidden", "8", "--latent-avg-samples", "64",
-                          "--scale-samples", "64", "--push-to-hub", "someone/csla-tiny"])
+    small = (
+        "--steps 2 --batch-size 4 --pool-size 0 --eval-samples 8 --hidden-dim 32 "
+        "--mixing-hidden 8 --latent-avg-samples 64 --scale-samples 64"
+    ).split()
+    code = cli_main(
+        ["train", "--tiny", "-o", str(out), *small, "--push-to-hub", "someone/csla-tiny"]
+    )
     assert code == 0
     assert "https://huggingface.co/someone/csla-tiny" in capsys.readouterr().out
     kinds = [kind for kind, _ in recorder.calls]

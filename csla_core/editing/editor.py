@@ -34,23 +34,13 @@ GAN inversion.
 
 from __future__ import annotations
 
-import argparse
-import json
-import math
-import sys
-from collections.abc import Sequence
-from dataclasses import dataclass
-from pathlib import Path
-
 import torch
 import torch.nn.functional as F
 
-from ..errors import CSLAError, WeightsError
 from ..models.clip import ClipEmbedder
 from ..models.mappers import CSLAMappers, MappedResiduals, generator_styles_fn, split_styles
 from ..models.stylegan2 import Generator
 from .result import EditResult
-from .strength import AUTO, DEFAULT_TARGET_CLIP_GAIN, calibrate_prompt_strength, parse_strength
 
 
 def _as_latent_avg(latent_avg: torch.Tensor, n_latent: int) -> torch.Tensor:
@@ -64,7 +54,8 @@ def _as_latent_avg(latent_avg: torch.Tensor, n_latent: int) -> torch.Tensor:
         la = la.expand(n_latent, -1)
     if la.shape[0] != n_latent:
         raise ValueError(
-            f"latent_avg must have 1 or {n_latent} rows, got {tuple(latent_avg.shape)}")
+            f"latent_avg must have 1 or {n_latent} rows, got {tuple(latent_avg.shape)}"
+        )
     return la.contiguous()
 
 
@@ -105,8 +96,11 @@ class TextEditor:
     @torch.no_grad()
     def render(self, wplus: torch.Tensor, max_resolution: int | None = None) -> torch.Tensor:
         """W+ [B, n_latent, D] -> images [B, 3, R, R] in [-1, 1] (R = render_resolution)."""
-        return self.generator(wplus.to(self.device), noise_mode=self.noise_mode,  # type: ignore[arg-type]
-                              max_resolution=max_resolution or self.render_resolution)
+        return self.generator(
+            wplus.to(self.device),
+            noise_mode=self.noise_mode,  # type: ignore[arg-type]
+            max_resolution=max_resolution or self.render_resolution,
+        )
 
     @torch.no_grad()
     def image_embedding(self, wplus: torch.Tensor) -> torch.Tensor:
@@ -121,8 +115,9 @@ class TextEditor:
         return enc.embeddings[0].to(self.device), enc.any_truncated
 
     @staticmethod
-    def sample_targets(target: torch.Tensor, radius: float, n: int, seed: int,
-                       include_central: bool = True) -> torch.Tensor:
+    def sample_targets(
+        target: torch.Tensor, radius: float, n: int, seed: int, include_central: bool = True
+    ) -> torch.Tensor:
         """n target embeddings on the unit sphere around ``target`` ([D], normalised).
 
         Candidate k: normalise(target + radius * u_k), u_k a unit Gaussian direction in the
@@ -172,9 +167,19 @@ class TextEditor:
         t, trunc_t = self._text(target_prompt)
         s, trunc_s = self._text(source_prompt)
         return self.edit_with_embeddings(
-            wplus, t, s, strength=strength, n_samples=n_samples, diversity=diversity, seed=seed,
-            image_embedding=image_embedding, rank=rank, target_prompt=target_prompt,
-            source_prompt=source_prompt, truncated=trunc_t or trunc_s)
+            wplus,
+            t,
+            s,
+            strength=strength,
+            n_samples=n_samples,
+            diversity=diversity,
+            seed=seed,
+            image_embedding=image_embedding,
+            rank=rank,
+            target_prompt=target_prompt,
+            source_prompt=source_prompt,
+            truncated=trunc_t or trunc_s,
+        )
 
     @torch.no_grad()
     def edit_with_embeddings(
@@ -204,19 +209,27 @@ class TextEditor:
         s = F.normalize(source_embedding.to(self.device).float().reshape(-1), dim=0)
         styles_src = self.generator.styles_from_wplus(wplus)
         has_s = self.mappers.s_mapper is not None
-        common = dict(target_prompt=target_prompt, source_prompt=source_prompt,
-                      strength=float(strength), diversity=float(diversity), seed=int(seed),
-                      truncated=truncated)
+        common = dict(
+            target_prompt=target_prompt,
+            source_prompt=source_prompt,
+            strength=float(strength),
+            diversity=float(diversity),
+            seed=int(seed),
+            truncated=truncated,
+        )
         if strength == 0:  # exactly the input, n times (no mapping, no rounding)
             n_latent, dim = wplus.shape[1:]
             return EditResult(
                 wplus=wplus.expand(n_samples, -1, -1).clone(),
                 styles=[st.expand(n_samples, -1).clone() for st in styles_src],
                 delta_w=torch.zeros(n_samples, n_latent, dim, device=self.device),
-                delta_s=torch.zeros(n_samples, sum(self.generator.style_dims),
-                                    device=self.device) if has_s else None,
+                delta_s=torch.zeros(n_samples, sum(self.generator.style_dims), device=self.device)
+                if has_s
+                else None,
                 directions=torch.zeros(n_samples, t.shape[-1], device=self.device),
-                clip_scores=None, **common)  # type: ignore[arg-type]
+                clip_scores=None,
+                **common,
+            )  # type: ignore[arg-type]
 
         rank = self.rank if rank is None else rank
         n_cand = n_samples * (self.oversample if rank else 1)
@@ -242,8 +255,15 @@ class TextEditor:
             styles = [a + b for a, b in zip(styles_src, parts)]
         else:  # no S branch: S follows the edited W+
             styles = self.generator.styles_from_wplus(wplus + dw)
-        return EditResult(wplus=wplus + dw, styles=styles, delta_w=dw, delta_s=ds,
-                          directions=sign * steps[order], clip_scores=scores, **common)  # type: ignore[arg-type]
+        return EditResult(
+            wplus=wplus + dw,
+            styles=styles,
+            delta_w=dw,
+            delta_s=ds,
+            directions=sign * steps[order],
+            clip_scores=scores,
+            **common,
+        )  # type: ignore[arg-type]
 
     # ------------------------------------------------------------------ text-to-image
     @torch.no_grad()
@@ -284,150 +304,3 @@ class TextEditor:
             image = image[None]
         f = self.clip.encode_images(image.to(self.device))
         return self.latent_avg[None] + self.mappers.map_embedding(f, self._styles_fn).dw
-
-
-# ---------------------------------------------------------------------- CLI
-def _save_grid(images: torch.Tensor, path: Path, nrow: int) -> None:
-    from torchvision.utils import save_image
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_image((images.clamp(-1, 1) + 1) * 0.5, str(path), nrow=nrow)
-
-
-def _load_wplus(path: Path) -> torch.Tensor:
-    """A W+ code from .safetensors (key 'wplus' or the only tensor) or .pt (tensors only)."""
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        data = load_file(str(path))
-        return data["wplus"] if "wplus" in data else next(iter(data.values()))
-    obj = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(obj, dict):
-        obj = obj.get("wplus", obj.get("latent", next(iter(obj.values()))))
-    if not isinstance(obj, torch.Tensor):
-        raise WeightsError(f"{path} holds no latent tensor")
-    return obj
-
-
-def _common_parser(prog: str, description: str) -> argparse.ArgumentParser:
-    from ..training.loop import add_model_args
-
-    p = argparse.ArgumentParser(prog=prog, description=description)
-    add_model_args(p)
-    p.add_argument("--mappers", type=Path, default=None,
-                   help="trained mappers (.safetensors or a training output folder)")
-    p.add_argument("--prompt", required=True)
-    p.add_argument("--n", type=int, default=4, help="number of samples")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--diversity", type=float, default=0.5)
-    p.add_argument("--strength", type=parse_strength, default=1.0,
-                   help="a number, or 'auto' (edit-latent: reach --target-clip-gain)")
-    p.add_argument("--resolution", type=int, default=None, help="output render size")
-    p.add_argument("--out", type=Path, default=Path("outputs"))
-    return p
-
-
-def _setup(args: argparse.Namespace, load_models: object) -> tuple[Generator, ClipEmbedder]:
-    from ..training.loop import resolve_models
-
-    generator, clip, _ = resolve_models(args, load_models)  # type: ignore[arg-type]
-    return generator, clip
-
-
-def _editor(args: argparse.Namespace, generator: Generator, clip: ClipEmbedder) -> TextEditor:
-    if args.mappers is None:
-        raise CSLAError("no --mappers given: train them first (`train --tiny --output-dir ...`)"
-                        " or use --method optimise for the slower latent optimisation")
-    mappers = CSLAMappers.load(args.mappers)
-    res = 8 if args.tiny else 256
-    return TextEditor(generator, clip, mappers, render_resolution=res)
-
-
-def edit_command(argv: Sequence[str] | None = None, load_models: object = None) -> int:
-    """``python -m csla_core edit``: edit a W+ code (``--latent``) or a random face
-    (``--source-seed``) towards ``--prompt``; writes a PNG grid (input first) + latents."""
-    p = _common_parser("csla edit", "Text-driven edit of a latent code")
-    p.add_argument("--source-prompt", default=None)
-    p.add_argument("--latent", type=Path, default=None, help="W+ code (.safetensors / .pt)")
-    p.add_argument("--source-seed", type=int, default=0, help="random face when no --latent")
-    p.add_argument("--method", choices=("csla", "optimise"), default="csla")
-    p.add_argument("--steps", type=int, default=300, help="optimisation steps (--method optimise)")
-    p.add_argument("--target-clip-gain", type=float, default=DEFAULT_TARGET_CLIP_GAIN,
-                   help="CLIP-similarity gain --strength auto aims for (default %(default)s)")
-    args = p.parse_args(argv)
-    try:
-        from safetensors.torch import save_file
-
-        generator, clip = _setup(args, load_models)
-        if args.latent is not None:
-            code = _load_wplus(args.latent).float()
-            code = code[:1] if code.ndim == 3 else code[None]  # W+ [n_latent, D] or W [D]
-            wplus = generator.to_wplus(code)
-        else:
-            with torch.no_grad():
-                rng = torch.Generator().manual_seed(args.source_seed)
-                z = torch.randn(1, generator.style_dim, generator=rng)
-                wplus = generator.to_wplus(generator.mapping(z))
-        search = None
-        if args.method == "optimise":
-            from .optimise import LatentOptimiser, OptimisationConfig
-
-            if args.strength == AUTO:
-                raise CSLAError("--strength auto needs the CSLA mappers (--method csla)")
-            cfg = OptimisationConfig(steps=args.steps, max_resolution=8 if args.tiny else 256)
-            result = LatentOptimiser(generator, clip, cfg).edit(
-                wplus, args.prompt, strength=args.strength)
-        else:
-            editor = _editor(args, generator, clip)
-            strength = args.strength
-            if strength == AUTO:
-                search = calibrate_prompt_strength(editor, wplus, args.prompt, args.source_prompt,
-                                                   target_gain=args.target_clip_gain)
-                strength = search.strength
-            result = editor.edit(
-                wplus, args.prompt, args.source_prompt, strength=strength,
-                n_samples=args.n, diversity=args.diversity, seed=args.seed)
-        with torch.no_grad():
-            images = generator(torch.cat([wplus, result.wplus]), max_resolution=args.resolution)
-        _save_grid(images, args.out / "edit.png", nrow=len(images))
-        save_file({"source": wplus.contiguous().cpu(), "wplus": result.wplus.contiguous().cpu()},
-                  str(args.out / "edit_latents.safetensors"))
-        report = {"out": str(args.out / "edit.png"), "n": len(result.wplus),
-                  "truncated_prompt": result.truncated, "strength": result.strength}
-        if search is not None:
-            report.update(target_clip_gain=search.target_gain, clip_gain=search.gain,
-                          target_reached=search.reached, strength_renders=search.renders)
-            if not search.reached:
-                print(f"note: {search.describe()}", file=sys.stderr)
-        print(json.dumps(report))
-    except CSLAError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
-
-
-def generate_command(argv: Sequence[str] | None = None, load_models: object = None) -> int:
-    """``python -m csla_core generate``: text-to-image samples as a PNG grid + latents."""
-    p = _common_parser("csla generate", "Text-to-image through the CSLA mappers")
-    p.add_argument("--no-modality-gap", action="store_true",
-                   help="map the raw text embedding (no shift into the image cloud)")
-    args = p.parse_args(argv)
-    try:
-        from safetensors.torch import save_file
-
-        if args.strength == AUTO:
-            raise CSLAError("--strength auto is for edits; give generate a number")
-        generator, clip = _setup(args, load_models)
-        editor = _editor(args, generator, clip)
-        wplus = editor.generate(args.prompt, n=args.n, seed=args.seed, diversity=args.diversity,
-                                strength=args.strength, modality_gap=not args.no_modality_gap)
-        with torch.no_grad():
-            images = generator(wplus, max_resolution=args.resolution)
-        _save_grid(images, args.out / "generate.png", nrow=max(1, int(math.sqrt(len(images)))))
-        save_file({"wplus": wplus.contiguous().cpu()},
-                  str(args.out / "generate_latents.safetensors"))
-        print(json.dumps({"out": str(args.out / "generate.png"), "n": len(wplus)}))
-    except CSLAError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0

@@ -1,11 +1,11 @@
 """Ablation of the choices the paper leaves open: CLIP-space centre and adaptive style mixing.
 
-[ours] ``python -m csla_core ablate`` trains one mapper per variant with ``train.train``, all
+[ours] ``python -m csla_core ablate`` trains one mapper per variant with ``training.loop.train``, all
 from the same seed, steps and data (the sampling seeds depend only on ``TrainConfig.seed``), and
 scores every variant on the same held-out samples (the rendered replay pool is shared too, so
 variants differ only in what is ablated):
 - ``ratio_w`` / ``ratio_s``: held-out W+ / S residual error over the trivial predictor's
-  (``train.heldout_error``; 1 = no better than guessing the average latent);
+  (``training.loop.heldout_error``; 1 = no better than guessing the average latent);
 - ``edit_ratio``: image-guided edit accuracy, the figure editing depends on. For held-out
   pairs (a, b) the editor's central-difference step from a's CLIP embedding towards b's is
   applied to w_a; edit_ratio = mean ||w_a + dW - w_b||^2 / mean ||w_a - w_b||^2 (0 = the edit
@@ -19,10 +19,6 @@ at its default); the shared default variant is trained once.
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
@@ -36,13 +32,10 @@ from ..models.clip import ClipEmbedder
 from ..models.mappers import CENTRE_STRATEGIES, MIXING_MODES, CSLAMappers
 from ..models.stylegan2 import Generator
 from ..training.loop import (
-    LoadModels,
     SampleCache,
     Samples,
     TrainConfig,
-    add_model_args,
     heldout_error,
-    resolve_models,
     sample_batch,
     train,
 )
@@ -52,8 +45,7 @@ DEFAULT_SWEEPS: tuple[str, ...] = (
     "mixing=" + ",".join(MIXING_MODES),
 )
 DEFAULT_EDIT_PROMPT = "a smiling face"
-COLUMNS: tuple[str, ...] = ("variant", "ratio_w", "ratio_s", "edit_ratio", "clip_gain",
-                            "train_s")
+COLUMNS: tuple[str, ...] = ("variant", "ratio_w", "ratio_s", "edit_ratio", "clip_gain", "train_s")
 
 
 @dataclass
@@ -111,6 +103,18 @@ def parse_variants(sweeps: Sequence[str]) -> list[dict[str, object]]:
     return variants
 
 
+def parse_settings(items: Sequence[str]) -> dict[str, object]:
+    """``["batch_size=32", "relative=0.5"]`` -> typed TrainConfig overrides (the base config)."""
+    options: dict[str, object] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise CSLAError(f"a training option looks like OPTION=VALUE, got {item!r}")
+        name = _option_name(key)
+        options[name] = _parse_value(name, value)
+    return options
+
+
 def variant_name(override: dict[str, object]) -> str:
     return ",".join(f"{k}={v}" for k, v in override.items()) or "default"
 
@@ -121,7 +125,9 @@ def edit_ratio(editor: TextEditor, samples: Samples) -> float:
     wplus, feats = samples.wplus.to(editor.device), samples.features.to(editor.device)
     b = torch.roll(torch.arange(len(wplus), device=wplus.device), -1)
     centre = editor.mappers.centre
-    step = editor.latent_steps(centre.standardise(feats), centre.standardise_delta(feats[b] - feats))
+    step = editor.latent_steps(
+        centre.standardise(feats), centre.standardise_delta(feats[b] - feats)
+    )
     after = (wplus + step.dw - wplus[b]).pow(2).sum()
     before = (wplus - wplus[b]).pow(2).sum()
     return float(after / before.clamp_min(1e-20))
@@ -135,18 +141,25 @@ def clip_gain(editor: TextEditor, samples: Samples, prompt: str, n_faces: int) -
     for i in range(min(n_faces, len(samples.wplus))):
         w = samples.wplus[i : i + 1].to(editor.device)
         f = samples.features[i].to(editor.device)
-        res = editor.edit(w, prompt, strength=1.0, n_samples=1, diversity=0.0, rank=False,
-                          image_embedding=f)
-        image = editor.generator.synthesize(res.styles, editor.noise_mode,
-                                            editor.render_resolution)
+        res = editor.edit(
+            w, prompt, strength=1.0, n_samples=1, diversity=0.0, rank=False, image_embedding=f
+        )
+        image = editor.generator.synthesize(res.styles, editor.noise_mode, editor.render_resolution)
         gains.append(float(editor.clip.encode_images(image)[0] @ text - f @ text))
     return sum(gains) / max(len(gains), 1)
 
 
-def run_ablation(generator: Generator, clip: ClipEmbedder, variants: Sequence[dict[str, object]],
-                 base: TrainConfig, output_dir: str | Path, *, n_heldout: int = 256,
-                 edit_prompt: str = DEFAULT_EDIT_PROMPT, edit_faces: int = 8,
-                 ) -> list[AblationRow]:
+def run_ablation(
+    generator: Generator,
+    clip: ClipEmbedder,
+    variants: Sequence[dict[str, object]],
+    base: TrainConfig,
+    output_dir: str | Path,
+    *,
+    n_heldout: int = 256,
+    edit_prompt: str = DEFAULT_EDIT_PROMPT,
+    edit_faces: int = 8,
+) -> list[AblationRow]:
     """Train every variant (base config + its overrides) and score it; one row per variant."""
     output_dir = Path(output_dir)
     heldout: dict[tuple, Samples] = {}
@@ -156,28 +169,57 @@ def run_ablation(generator: Generator, clip: ClipEmbedder, variants: Sequence[di
         cfg = TrainConfig(**{**asdict(base), **override, "eval_samples": 0})
         name = variant_name(override)
         t0 = time.perf_counter()
-        train(generator, clip, cfg, output_dir=output_dir / name.replace("=", "-"),
-              sample_cache=renders)
+        train(
+            generator,
+            clip,
+            cfg,
+            output_dir=output_dir / name.replace("=", "-"),
+            sample_cache=renders,
+        )
         seconds = time.perf_counter() - t0
-        mappers = CSLAMappers.load(output_dir / name.replace("=", "-") / "mappers.safetensors",
-                                   device=generator.input.input.device)
+        mappers = CSLAMappers.load(
+            output_dir / name.replace("=", "-") / "mappers.safetensors",
+            device=generator.input.input.device,
+        )
         # One held-out set per sampling setup: variants that train alike are scored alike.
-        key = (mappers.latent_avg.cpu().numpy().tobytes(), cfg.truncation, cfg.max_resolution,
-               cfg.noise_mode)
+        key = (
+            mappers.latent_avg.cpu().numpy().tobytes(),
+            cfg.truncation,
+            cfg.max_resolution,
+            cfg.noise_mode,
+        )
         if key not in heldout:
             heldout[key] = sample_batch(
-                generator, clip, n_heldout, torch.Generator().manual_seed(cfg.eval_seed),
-                latent_avg=mappers.latent_avg[:1], truncation=cfg.truncation,
-                max_resolution=cfg.max_resolution, noise_mode=cfg.noise_mode)
+                generator,
+                clip,
+                n_heldout,
+                torch.Generator().manual_seed(cfg.eval_seed),
+                latent_avg=mappers.latent_avg[:1],
+                truncation=cfg.truncation,
+                max_resolution=cfg.max_resolution,
+                noise_mode=cfg.noise_mode,
+            )
         samples = heldout[key]
         stats = heldout_error(generator, clip, mappers, samples=samples)
-        editor = TextEditor(generator, clip, mappers, render_resolution=cfg.max_resolution,
-                            noise_mode=cfg.noise_mode)
-        rows.append(AblationRow(
-            variant=name, overrides=dict(override), ratio_w=stats["ratio_w"],
-            ratio_s=stats.get("ratio_s", float("nan")), cos_w=stats["cos_w"],
-            edit_ratio=edit_ratio(editor, samples),
-            clip_gain=clip_gain(editor, samples, edit_prompt, edit_faces), train_s=seconds))
+        editor = TextEditor(
+            generator,
+            clip,
+            mappers,
+            render_resolution=cfg.max_resolution,
+            noise_mode=cfg.noise_mode,
+        )
+        rows.append(
+            AblationRow(
+                variant=name,
+                overrides=dict(override),
+                ratio_w=stats["ratio_w"],
+                ratio_s=stats.get("ratio_s", float("nan")),
+                cos_w=stats["cos_w"],
+                edit_ratio=edit_ratio(editor, samples),
+                clip_gain=clip_gain(editor, samples, edit_prompt, edit_faces),
+                train_s=seconds,
+            )
+        )
     return rows
 
 
@@ -186,66 +228,8 @@ def format_table(rows: Sequence[AblationRow]) -> str:
     are ~1e-5)."""
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for r in rows:
-        lines.append(f"| {r.variant} | {r.ratio_w:.3f} | {r.ratio_s:.3f} | {r.edit_ratio:.3f} "
-                     f"| {r.clip_gain:+.2e} | {r.train_s:.0f} |")
+        lines.append(
+            f"| {r.variant} | {r.ratio_w:.3f} | {r.ratio_s:.3f} | {r.edit_ratio:.3f} "
+            f"| {r.clip_gain:+.2e} | {r.train_s:.0f} |"
+        )
     return "\n".join(lines)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m csla_core ablate",
-        description="Train one mapper per CLIP-centre strategy / style-mixing mode (same seed, "
-        "steps and data) and compare held-out errors and edit quality.")
-    add_model_args(p)
-    p.add_argument("--variants", nargs="+", default=list(DEFAULT_SWEEPS), metavar="OPTION=V1,V2",
-                   help="sweeps, each varying one training option (default: every centre "
-                   "strategy and every mixing mode)")
-    p.add_argument("--steps", type=int, default=None, help="training steps per variant")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--set", nargs="+", default=[], metavar="OPTION=VALUE",
-                   help="base training options shared by every variant, e.g. batch_size=32")
-    p.add_argument("--heldout", type=int, default=256, help="held-out samples for the scores")
-    p.add_argument("--prompt", default=DEFAULT_EDIT_PROMPT, help="prompt of the clip_gain edit")
-    p.add_argument("--edit-faces", type=int, default=8, help="faces edited for clip_gain")
-    p.add_argument("--output-dir", type=Path, default=None,
-                   help="keep each variant's mappers here (default: a temporary folder)")
-    p.add_argument("--json", type=Path, default=None, help="also write the rows as JSON")
-    p.add_argument("--cpu", action="store_true", help="force CPU")
-    return p
-
-
-def ablate_command(argv: Sequence[str] | None = None, load_models: LoadModels | None = None
-                   ) -> int:
-    """``python -m csla_core ablate``. Returns a process exit code."""
-    args = build_parser().parse_args(argv)
-    try:
-        base_options: dict[str, object] = {"seed": args.seed}
-        for item in args.set:
-            key, sep, value = item.partition("=")
-            if not sep:
-                raise CSLAError(f"--set takes OPTION=VALUE, got {item!r}")
-            name = _option_name(key)
-            base_options[name] = _parse_value(name, value)
-        if args.steps is not None:
-            base_options["steps"] = args.steps
-        if args.cpu:
-            base_options["cpu"] = True
-        variants = parse_variants(args.variants)
-        generator, clip, clip_name = resolve_models(args, load_models)
-        base_options["clip_model_name"] = clip_name
-        base = TrainConfig.tiny(**base_options) if args.tiny else TrainConfig(**base_options)
-        with tempfile.TemporaryDirectory(prefix="csla-ablate-") as tmp:
-            rows = run_ablation(generator, clip, variants, base, args.output_dir or tmp,
-                                n_heldout=args.heldout, edit_prompt=args.prompt,
-                                edit_faces=args.edit_faces)
-        print(f"{base.steps} steps per variant, seed {base.seed}, batch {base.batch_size}, "
-              f"{args.heldout} held-out samples; ratios: 1 = trivial predictor, lower is better")
-        print(format_table(rows))
-        if args.json is not None:
-            args.json.parent.mkdir(parents=True, exist_ok=True)
-            payload = {"config": asdict(base), "rows": [asdict(r) for r in rows]}
-            args.json.write_text(json.dumps(payload, indent=2) + "\n")
-    except CSLAError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0

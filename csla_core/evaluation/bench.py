@@ -6,7 +6,6 @@ get, with no download. Each figure is the median of several runs after a warm-up
 
 from __future__ import annotations
 
-import argparse
 import json
 import platform
 import resource
@@ -16,9 +15,21 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
+from PIL import Image
 
+from ..faces import (
+    DEFAULT_OUTPUT_SIZE,
+    Face,
+    FaceDetector,
+    align_face,
+    get_default_detector,
+    paste_back,
+    select_face,
+    to_rgb,
+)
 from ..runtime import allocator_settings, cpu_description, minor_page_faults
 
 # Issue targets for 2 CPU cores in fp32 (seconds per stage), checked by name in the report.
@@ -89,19 +100,64 @@ def _append_note(timing: Timing, note: str) -> None:
 def _reference_default_allocator(
     size: int, resolutions: list[int], repeats: int, device_type: str
 ) -> dict[int, float]:
-    """Reference-path render times from ``csla_core.evaluation.bench_baseline`` in a fresh process (CPU
-    only: on a GPU the allocator is the CUDA caching allocator in both cases)."""
+    """Reference-path render times from ``csla_core.evaluation.bench_baseline`` in a fresh
+    process (CPU only: on a GPU the allocator is the CUDA caching allocator in both cases)."""
     if device_type != "cpu":
         return {}
-    command = [
-        sys.executable, "-m", "csla_core.evaluation.bench_baseline", "--size", str(size),
-        "--repeats", str(repeats), "--threads", str(torch.get_num_threads()),
-        "--resolutions", *(str(r) for r in resolutions),
-    ]  # fmt: skip
+    options = {
+        "size": size,
+        "resolutions": resolutions,
+        "repeats": repeats,
+        "threads": torch.get_num_threads(),
+    }
+    command = [sys.executable, "-m", "csla_core.evaluation.bench_baseline", json.dumps(options)]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"the baseline process failed:\n{done.stderr[-2000:]}")
     return {int(r): float(s) for r, s in json.loads(done.stdout).items()}
+
+
+def benchmark_detect_align(
+    image: Image.Image,
+    repeats: int = 3,
+    *,
+    detector: FaceDetector | None = None,
+    output_size: int = DEFAULT_OUTPUT_SIZE,
+) -> dict[str, Any]:
+    """Median seconds of detect, refine, align (largest face) and paste-back of the unedited crop.
+
+    ``detect_align_s`` is detect + refine + align, i.e. photo to encoder-ready crop.
+    """
+    detector = detector or get_default_detector()
+    rgb = image if image.mode == "RGB" else to_rgb(image)
+    start = time.perf_counter()
+    detector.mtcnn  # noqa: B018 - build the network outside the timed runs
+    init_s = time.perf_counter() - start
+    names = ("detect_s", "refine_s", "align_s", "paste_back_s", "detect_align_s")
+    times: dict[str, list[float]] = {name: [] for name in names}
+    faces: list[Face] = []
+    for _ in range(max(1, repeats)):
+        t0 = time.perf_counter()
+        faces = detector.detect(rgb)
+        t1 = time.perf_counter()
+        face = detector.refine(rgb, select_face(faces, 0))
+        t2 = time.perf_counter()
+        aligned = align_face(rgb, face, output_size)
+        t3 = time.perf_counter()
+        paste_back(rgb, aligned.image, aligned)
+        t4 = time.perf_counter()
+        for name, seconds in zip(names, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t3 - t0)):
+            times[name].append(seconds)
+    report: dict[str, Any] = {name: statistics.median(v) for name, v in times.items()}
+    report.update(
+        image_size=rgb.size,
+        megapixels=rgb.width * rgb.height / 1e6,
+        faces=len(faces),
+        repeats=max(1, repeats),
+        detector_init_s=init_s,
+        torch_threads=torch.get_num_threads(),
+    )
+    return report
 
 
 def _label(resolution: int | None, preview: int, size: int) -> str:
@@ -117,181 +173,231 @@ def run_benchmarks(
 ) -> dict:
     """Every stage's median time. ``size`` < 1024 (with a smaller ``preview``) is a quick smoke
     run of the same stages; the issue's targets are checked at the real size only."""
-    from ..faces.core import benchmark_detect_align
-    from ..imaging import tensor_to_pil
     from ..loading import load_pipeline
-    from ..training.loop import sample_batch
 
     start = time.perf_counter()
     pipe = load_pipeline(random_weights=True, device=device, precision=precision, size=size)
     load_s = time.perf_counter() - start
-    timings: list[Timing] = [Timing("load models (random weights, no file I/O)", load_s, 1)]
-    real = pipe.device.type == "cpu" and precision == "fp32" and size == 1024 and preview == 256
-    targets = CPU_TARGETS_S if real else {}
+    bench = _Bench(pipe, repeats, preview, size, precision)
+    bench.timings.append(Timing("load models (random weights, no file I/O)", load_s, 1))
+    # The order matters: the product's memory peak is read before the reference path runs.
+    fast_renders = bench.model_stages()
+    bench.face_stages()
+    bench.session_stages()
+    product_rss_gb = peak_rss_gb()
+    parity = bench.reference_stages(fast_renders)
+    bench.default_allocator_stages(fast_renders)
+    return bench.report(parity, product_rss_gb)
 
-    wplus = pipe.latent_avg[None].clone()
-    image = torch.zeros(1, 3, 256, 256, device=pipe.device)
-    gen = pipe.generator
+
+class _Bench:
+    """One bench run: the pipeline, the stages measured so far and the targets that apply."""
+
+    def __init__(self, pipe, repeats: int, preview: int, size: int, precision: str) -> None:
+        self.pipe, self.repeats, self.preview, self.size = pipe, repeats, preview, size
+        self.precision = precision
+        real = pipe.device.type == "cpu" and precision == "fp32" and size == 1024 and preview == 256
+        self.targets = CPU_TARGETS_S if real else {}
+        self.timings: list[Timing] = []
+        self.wplus = pipe.latent_avg[None].clone()
+        self.gen = pipe.generator
 
     def add(
-        stage: str, fn: Callable[[], object], baseline: float | None = None, note: str = ""
+        self, stage: str, fn: Callable[[], object], baseline: float | None = None, note: str = ""
     ) -> float:
-        with pipe.autocast():
-            seconds = time_call(fn, repeats)
+        with self.pipe.autocast():
+            seconds = time_call(fn, self.repeats)
         if baseline:
             note = f"{baseline / seconds:.2f}x the reference path" + (f"; {note}" if note else "")
-        record(stage, seconds, note)
+        self.record(stage, seconds, note)
         return seconds
 
-    def record(stage: str, seconds: float, note: str = "") -> None:
-        target = targets.get(stage)
+    def record(self, stage: str, seconds: float, note: str = "") -> None:
+        target = self.targets.get(stage)
         if target is not None:
             verdict = "met" if seconds <= target else "MISSED"
             note = f"target <= {target:g}s {verdict}" + (f"; {note}" if note else "")
-        timings.append(Timing(stage, seconds, repeats, note))
+        self.timings.append(Timing(stage, seconds, self.repeats, note))
 
-    with torch.inference_mode():
-        fast_renders = {
-            resolution: add(
-                f"generator {_label(resolution, preview, size)}, fast path",
-                lambda r=resolution: gen(wplus, max_resolution=r, impl="fast"),
+    def stage(self, name: str) -> Timing:
+        return next(t for t in self.timings if t.stage == name)
+
+    def label(self, resolution: int | None) -> str:
+        return _label(resolution, self.preview, self.size)
+
+    def model_stages(self) -> dict[int | None, float]:
+        """Generator, encoder, CLIP and training-sample timings; returns the fast renders'."""
+        from ..training.loop import sample_batch
+
+        pipe, gen, wplus, size = self.pipe, self.gen, self.wplus, self.size
+        image = torch.zeros(1, 3, 256, 256, device=pipe.device)
+        with torch.inference_mode():
+            fast_renders = {
+                resolution: self.add(
+                    f"generator {self.label(resolution)}, fast path",
+                    lambda r=resolution: gen(wplus, max_resolution=r, impl="fast"),
+                )
+                for resolution in (None, self.preview)
+            }
+            if pipe.device.type == "cpu":  # what fresh memory costs (csla_core.runtime)
+                before = minor_page_faults()
+                gen(wplus, impl="fast")
+                faults = minor_page_faults() - before
+                # small renders never fault: the verdict is for the real size only
+                verdict = _allocator_verdict(faults) if self.targets else ""
+                full = self.stage(f"generator {size}, fast path")
+                _append_note(full, f"page faults per render: {faults}{verdict}")
+            else:  # the GPU renders diverse samples as one batch
+                batch = wplus.expand(4, -1, -1).contiguous()
+                self.add(
+                    f"generator {size}, batch of 4, batched path",
+                    lambda: gen(batch, impl="batched"),
+                )
+            self.add("encoder e4e 256", lambda: pipe.invert_aligned(image))
+            prompts = iter(f"a smiling face {i}" for i in range(10_000))  # defeat the text cache
+            self.add(
+                "CLIP text encoding (prompt templates)",
+                lambda: pipe.clip.encode_text([next(prompts)]),
             )
-            for resolution in (None, preview)
-        }
-        if pipe.device.type == "cpu":  # what fresh memory costs (csla_core.runtime)
-            before = minor_page_faults()
-            gen(wplus, impl="fast")
-            faults = minor_page_faults() - before
-            full = next(t for t in timings if t.stage == f"generator {size}, fast path")
-            verdict = _allocator_verdict(faults) if targets else ""  # small renders never fault
-            _append_note(full, f"page faults per render: {faults}{verdict}")
-        else:  # the GPU renders diverse samples as one batch
-            batch = wplus.expand(4, -1, -1).contiguous()
-            add(f"generator {size}, batch of 4, batched path", lambda: gen(batch, impl="batched"))
-        add("encoder e4e 256", lambda: pipe.invert_aligned(image))
-        prompts = iter(f"a smiling face {i}" for i in range(10_000))  # defeat the text cache
-        add("CLIP text encoding (prompt templates)", lambda: pipe.clip.encode_text([next(prompts)]))
-        # Data-free training's data: z -> w -> render at 256 -> CLIP image embedding.
-        train_batch = 4 if pipe.device.type == "cpu" else 32
-        rng = torch.Generator().manual_seed(0)
-        seconds = add(
-            f"training samples (batch {train_batch}, 256 px -> CLIP)",
-            lambda: sample_batch(gen, pipe.clip, train_batch, rng, latent_avg=pipe.latent_avg[:1]),
+            # Data-free training's data: z -> w -> render at 256 -> CLIP image embedding.
+            train_batch = 4 if pipe.device.type == "cpu" else 32
+            rng = torch.Generator().manual_seed(0)
+            seconds = self.add(
+                f"training samples (batch {train_batch}, 256 px -> CLIP)",
+                lambda: sample_batch(
+                    gen, pipe.clip, train_batch, rng, latent_avg=pipe.latent_avg[:1]
+                ),
+            )
+            self.timings[-1].note = f"{train_batch / seconds:.1f} samples/s"
+        return fast_renders
+
+    def face_stages(self) -> None:
+        for megapixels in (12, 1):
+            photo = _photo(megapixels)
+            figures = benchmark_detect_align(photo, self.repeats)
+            self.record(
+                f"face detection + alignment, {megapixels} MP photo",
+                figures["detect_align_s"],
+                f"{photo.size[0]}x{photo.size[1]}; paste-back {figures['paste_back_s']:.3f}s",
+            )
+
+    def session_stages(self) -> None:
+        """What a user of the app waits for: upload -> first edit, a slider move, 4 edits."""
+        from ..imaging import tensor_to_pil
+
+        pipe, size = self.pipe, self.size
+        photo = _photo(1)
+        session: dict = {}
+
+        def upload_to_first_edit() -> None:
+            inversion = pipe.invert(photo)
+            session["inversion"] = inversion
+            session["embedding"] = pipe.image_embedding(inversion.wplus)
+            result = pipe.edit(
+                inversion.wplus, "smiling", n_samples=1, image_embedding=session["embedding"]
+            )
+            pipe.paste(inversion, tensor_to_pil(pipe.render_edit(result))[0])
+
+        def slider_move(strength: list[float] = [0.5]) -> None:  # noqa: B006 - a counter
+            strength[0] = -strength[0]  # a new strength each time
+            inversion = session["inversion"]
+            result = pipe.edit(
+                inversion.wplus,
+                "smiling",
+                strength=strength[0],
+                n_samples=1,
+                image_embedding=session["embedding"],
+            )
+            pipe.render_edit(result)
+
+        def four_edits() -> None:
+            inversion = session["inversion"]
+            result = pipe.edit(
+                inversion.wplus, "smiling", n_samples=4, image_embedding=session["embedding"]
+            )
+            pipe.render_edit(result)
+
+        self.add(
+            f"photo upload -> first edited {size} image",
+            upload_to_first_edit,
+            note="1 MP photo, pasted back",
         )
-        timings[-1].note = f"{train_batch / seconds:.1f} samples/s"
+        self.add(f"slider move (re-render one {size} edit)", slider_move)
+        self.add(f"4 diverse edits at {size}", four_edits)
 
-    for megapixels in (12, 1):
-        photo = _photo(megapixels)
-        figures = benchmark_detect_align(photo, repeats)
-        record(
-            f"face detection + alignment, {megapixels} MP photo",
-            figures["detect_align_s"],
-            f"{photo.size[0]}x{photo.size[1]}; paste-back {figures['paste_back_s']:.3f}s",
+    def reference_stages(self, fast_renders: dict[int | None, float]) -> dict[str, float]:
+        """The reference and batched paths in this process, and each path's parity with the
+        reference. They run last: the reference path's single-channel filtering needs far more
+        memory (oneDNN pads each one-channel image to a block of 16), which users never run."""
+        gen, wplus = self.gen, self.wplus
+        parity: dict[str, float] = {}
+        with torch.inference_mode():
+            for resolution, fast_s in fast_renders.items():
+                label = self.label(resolution)
+                reference = self.add(
+                    f"generator {label}, reference path",
+                    lambda r=resolution: gen(wplus, max_resolution=r, impl="reference"),
+                )
+                self.add(
+                    f"generator {label}, batched path",
+                    lambda r=resolution: gen(wplus, max_resolution=r, impl="batched"),
+                    reference,
+                )
+                fast = self.stage(f"generator {label}, fast path")
+                _append_note(fast, f"{reference / fast_s:.2f}x the reference path in this process")
+            # The speed-ups must not change the picture: relative L2 difference at full size, in
+            # the pipeline's precision, against the reference path in fp32.
+            exact = gen(wplus, impl="reference").float()
+            for impl in ("batched", "fast"):
+                with self.pipe.autocast():
+                    out = gen(wplus, impl=impl).float()
+                parity[impl] = float((out - exact).norm() / exact.norm())
+        return parity
+
+    def default_allocator_stages(self, fast_renders: dict[int | None, float]) -> None:
+        """The baseline the speed-up target is about: the reference path as the reference
+        implementation runs it, in a fresh process with the C library's allocator defaults."""
+        resolutions = {None: self.size, self.preview: self.preview}
+        default_times = _reference_default_allocator(
+            self.size, list(resolutions.values()), self.repeats, self.pipe.device.type
         )
-
-    photo = _photo(1)
-    session: dict = {}
-
-    def upload_to_first_edit() -> None:
-        inversion = pipe.invert(photo)
-        session["inversion"] = inversion
-        session["embedding"] = pipe.image_embedding(inversion.wplus)
-        result = pipe.edit(
-            inversion.wplus, "smiling", n_samples=1, image_embedding=session["embedding"]
-        )
-        pipe.paste(inversion, tensor_to_pil(pipe.render_edit(result))[0])
-
-    def slider_move(strength: list[float] = [0.5]) -> None:  # noqa: B006 - a counter
-        strength[0] = -strength[0]  # a new strength each time
-        inversion = session["inversion"]
-        result = pipe.edit(
-            inversion.wplus,
-            "smiling",
-            strength=strength[0],
-            n_samples=1,
-            image_embedding=session["embedding"],
-        )
-        pipe.render_edit(result)
-
-    def four_edits() -> None:
-        inversion = session["inversion"]
-        result = pipe.edit(
-            inversion.wplus, "smiling", n_samples=4, image_embedding=session["embedding"]
-        )
-        pipe.render_edit(result)
-
-    add(
-        f"photo upload -> first edited {size} image",
-        upload_to_first_edit,
-        note="1 MP photo, pasted back",
-    )
-    add(f"slider move (re-render one {size} edit)", slider_move)
-    add(f"4 diverse edits at {size}", four_edits)
-    product_rss_gb = peak_rss_gb()
-
-    # The baselines run last: the reference path's single-channel filtering needs far more memory
-    # (oneDNN pads each one-channel image to a block of 16), which is not what users run.
-    parity: dict[str, float] = {}
-    with torch.inference_mode():
         for resolution, fast_s in fast_renders.items():
-            label = _label(resolution, preview, size)
-            reference = add(
-                f"generator {label}, reference path",
-                lambda r=resolution: gen(wplus, max_resolution=r, impl="reference"),
+            label = self.label(resolution)
+            seconds = default_times.get(resolutions[resolution])
+            if seconds is None:
+                continue
+            self.record(
+                f"generator {label}, reference path, default allocator", seconds, "own process"
             )
-            add(
-                f"generator {label}, batched path",
-                lambda r=resolution: gen(wplus, max_resolution=r, impl="batched"),
-                reference,
-            )
-            fast = next(t for t in timings if t.stage == f"generator {label}, fast path")
-            _append_note(fast, f"{reference / fast_s:.2f}x the reference path in this process")
-        # The speed-ups must not change the picture: relative L2 difference at full size, in the
-        # pipeline's precision, against the reference path in fp32.
-        exact = gen(wplus, impl="reference").float()
-        for impl in ("batched", "fast"):
-            with pipe.autocast():
-                out = gen(wplus, impl=impl).float()
-            parity[impl] = float((out - exact).norm() / exact.norm())
-    # The baseline the speed-up target is about: the reference path as the reference
-    # implementation runs it, in a fresh process with the C library's allocator defaults.
-    resolutions = {None: size, preview: preview}
-    default_times = _reference_default_allocator(
-        size, list(resolutions.values()), repeats, pipe.device.type
-    )
-    for resolution, fast_s in fast_renders.items():
-        label = _label(resolution, preview, size)
-        seconds = default_times.get(resolutions[resolution])
-        if seconds is None:
-            continue
-        record(f"generator {label}, reference path, default allocator", seconds, "own process")
-        fast = next(t for t in timings if t.stage == f"generator {label}, fast path")
-        ratio = seconds / fast_s
-        verdict = ""
-        if targets and fast.stage == SPEEDUP_STAGE:
-            verdict = (
-                f" (target >= {SPEEDUP_TARGET:g}x {'met' if ratio >= SPEEDUP_TARGET else 'MISSED'})"
-            )
-        _append_note(fast, f"{ratio:.2f}x the reference path as it runs{verdict}")
-    order = {t.stage: i for i, t in enumerate(timings)}
-    timings.sort(key=lambda t: (not t.stage.startswith("generator"), order[t.stage]))
-    return {
-        "machine": {
-            "platform": platform.platform(),
-            "cpu": cpu_description(),
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "threads": torch.get_num_threads(),
-            "device": str(pipe.device),
-            "allocator": allocator_settings().reason,
-        },
-        "precision": precision,
-        "targets_checked": bool(targets),
-        "timings": [asdict(t) for t in timings],
-        "parity_vs_reference": parity,
-        "peak_rss_gb": round(product_rss_gb, 3),
-        "peak_rss_with_reference_path_gb": round(peak_rss_gb(), 3),
-    }
+            fast = self.stage(f"generator {label}, fast path")
+            ratio = seconds / fast_s
+            verdict = ""
+            if self.targets and fast.stage == SPEEDUP_STAGE:
+                met = "met" if ratio >= SPEEDUP_TARGET else "MISSED"
+                verdict = f" (target >= {SPEEDUP_TARGET:g}x {met})"
+            _append_note(fast, f"{ratio:.2f}x the reference path as it runs{verdict}")
+
+    def report(self, parity: dict[str, float], product_rss_gb: float) -> dict:
+        timings = self.timings
+        order = {t.stage: i for i, t in enumerate(timings)}
+        timings.sort(key=lambda t: (not t.stage.startswith("generator"), order[t.stage]))
+        return {
+            "machine": {
+                "platform": platform.platform(),
+                "cpu": cpu_description(),
+                "python": platform.python_version(),
+                "torch": torch.__version__,
+                "threads": torch.get_num_threads(),
+                "device": str(self.pipe.device),
+                "allocator": allocator_settings().reason,
+            },
+            "precision": self.precision,
+            "targets_checked": bool(self.targets),
+            "timings": [asdict(t) for t in timings],
+            "parity_vs_reference": parity,
+            "peak_rss_gb": round(product_rss_gb, 3),
+            "peak_rss_with_reference_path_gb": round(peak_rss_gb(), 3),
+        }
 
 
 def _allocator_verdict(faults: int) -> str:
@@ -331,41 +437,3 @@ def format_report(report: dict) -> str:
             f"(target <= {PARITY_TOLERANCE:g} {verdict})"
         )
     return "\n".join(lines)
-
-
-def bench_command(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m csla_core bench", description=__doc__)
-    parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs per stage (median)")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    parser.add_argument(
-        "--size", type=int, default=1024, help="generator size (smaller: a quick smoke run only)"
-    )
-    parser.add_argument("--preview", type=int, default=256, help="preview render size")
-    parser.add_argument(
-        "--precision",
-        default="fp32",
-        choices=("fp32", "fp16", "bf16"),
-        help="inference precision (fp16/bf16 autocast; CPU targets apply to fp32 only)",
-    )
-    parser.add_argument(
-        "--json", metavar="PATH", help="also write the figures as JSON ('-' = stdout)"
-    )
-    args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    report = run_benchmarks(
-        device=args.device,
-        repeats=args.repeats,
-        precision=args.precision,
-        size=args.size,
-        preview=args.preview,
-    )
-    if args.json == "-":
-        print(json.dumps(report, indent=2))
-    else:
-        print(format_report(report))
-        if args.json:
-            with open(args.json, "w") as handle:
-                json.dump(report, handle, indent=2)
-    return 0

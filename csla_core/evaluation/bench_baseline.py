@@ -3,16 +3,17 @@
 ``python -m csla_core bench`` starts this module in a fresh process so the render runs with
 the C library's default allocator settings, as it does in the reference implementation, while
 the bench's own process has ``load_pipeline``'s allocator tuning (``csla_core.runtime``).
-Prints one JSON object: the median seconds of a reference-path render at each resolution.
+It takes ``run``'s keywords as one JSON object and prints one JSON object: the median seconds
+of a reference-path render at each resolution.
 
-    python -m csla_core.evaluation.bench_baseline --size 1024 --resolutions 1024 256 --repeats 3
+    python -m csla_core.evaluation.bench_baseline '{"size": 1024, "resolutions": [1024, 256], "repeats": 3}'
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
+import sys
 import time
 
 import torch
@@ -41,18 +42,14 @@ def reference_render_times(
     return times
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m csla_core.evaluation.bench_baseline", description=__doc__)
-    parser.add_argument("--size", type=int, default=1024)
-    parser.add_argument("--resolutions", type=int, nargs="+", default=[1024])
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=None)
-    args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    times = reference_render_times(args.size, args.resolutions, args.repeats)
-    print(json.dumps({str(r): s for r, s in times.items()}))
+def run(size: int, resolutions: list[int], repeats: int, threads: int | None = None) -> str:
+    """The JSON line the bench reads: ``{"<resolution>": median seconds, ...}``."""
+    if threads:
+        torch.set_num_threads(threads)
+    times = reference_render_times(size, resolutions, repeats)
+    return json.dumps({str(r): s for r, s in times.items()})
 
 
 if __name__ == "__main__":
-    main()
+    # The bench's own protocol (one JSON object of ``run``'s keywords), not a command line.
+    print(run(**json.loads(sys.argv[1])))

@@ -19,9 +19,7 @@ plausible edits, identity kept, fast):
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -32,9 +30,7 @@ import torch.nn.functional as F
 
 from ..editing.editor import TextEditor
 from ..editing.optimise import OptimisationConfig, optimise_latent
-from ..errors import CSLAError
 from ..models.clip import ClipEmbedder
-from ..models.face_id import load_face_embedder
 from ..models.stylegan2 import Generator
 
 UNAVAILABLE = "unavailable"
@@ -52,8 +48,9 @@ def clip_score(clip: ClipEmbedder, images: torch.Tensor, prompt: str) -> torch.T
 
 
 @torch.no_grad()
-def identity_similarity(face_embedder: FaceEmbedder | None, images_a: torch.Tensor,
-                        images_b: torch.Tensor) -> torch.Tensor | None:
+def identity_similarity(
+    face_embedder: FaceEmbedder | None, images_a: torch.Tensor, images_b: torch.Tensor
+) -> torch.Tensor | None:
     """[B] cosine of face embeddings of paired images, or None without an embedder."""
     if face_embedder is None:
         return None
@@ -81,8 +78,10 @@ def lpips_unavailable_reason(net: str = "alex") -> str | None:
         return f"unknown LPIPS backbone {net!r} (alex or vgg)"
     ckpt_dir = Path(torch.hub.get_dir()) / "checkpoints"
     if not (ckpt_dir / backbone).is_file():
-        return (f"its {net} backbone weights ({backbone}, from download.pytorch.org) are not in "
-                f"{ckpt_dir}")
+        return (
+            f"its {net} backbone weights ({backbone}, from download.pytorch.org) are not in "
+            f"{ckpt_dir}"
+        )
     return None
 
 
@@ -127,15 +126,22 @@ class EvalTable:
     """One row per method; values are floats or "unavailable" / "n/a"."""
 
     rows: list[dict[str, MetricValue]] = field(default_factory=list)
-    columns: tuple[str, ...] = ("method", "clip_score", "clip_gain", "identity", "lpips",
-                                "diversity", "seconds_per_edit", "edits")
+    columns: tuple[str, ...] = (
+        "method",
+        "clip_score",
+        "clip_gain",
+        "identity",
+        "lpips",
+        "diversity",
+        "seconds_per_edit",
+        "edits",
+    )
 
     def to_markdown(self) -> str:
         def fmt(v: MetricValue) -> str:
             return f"{v:.4f}" if isinstance(v, float) else str(v)
 
-        lines = ["| " + " | ".join(self.columns) + " |",
-                 "|" + "---|" * len(self.columns)]
+        lines = ["| " + " | ".join(self.columns) + " |", "|" + "---|" * len(self.columns)]
         for row in self.rows:
             lines.append("| " + " | ".join(fmt(row.get(c, "")) for c in self.columns) + " |")
         return "\n".join(lines)
@@ -201,8 +207,9 @@ def evaluate(
         with torch.no_grad():
             return generator(wplus, max_resolution=render_resolution)
 
-    def score_edit(acc: _Acc, src_img: torch.Tensor, edited: torch.Tensor, prompt: str,
-                   seconds: float) -> torch.Tensor:
+    def score_edit(
+        acc: _Acc, src_img: torch.Tensor, edited: torch.Tensor, prompt: str, seconds: float
+    ) -> torch.Tensor:
         imgs = render(edited)
         with torch.no_grad():
             emb = clip.encode_images(imgs)
@@ -225,8 +232,15 @@ def evaluate(
         for prompt in prompts:
             if editor is not None:
                 t0 = time.perf_counter()
-                res = editor.edit(src, prompt, strength=strength, n_samples=n_samples,
-                                  diversity=diversity, seed=seed + i, image_embedding=f_src)
+                res = editor.edit(
+                    src,
+                    prompt,
+                    strength=strength,
+                    n_samples=n_samples,
+                    diversity=diversity,
+                    seed=seed + i,
+                    image_embedding=f_src,
+                )
                 emb = score_edit(csla, src_img, res.wplus, prompt, time.perf_counter() - t0)
                 csla.add("diversity", clip_diversity(emb))
             if baseline is not None:
@@ -244,58 +258,11 @@ def evaluate(
         row["edits"] = float(len(acc.values.get("edits", [])))
         return row
 
-    table.rows.append(make_row("CSLA", csla, UNAVAILABLE) if editor is not None else
-                      {"method": "CSLA", **{c: UNAVAILABLE for c in table.columns[1:]}})
+    table.rows.append(
+        make_row("CSLA", csla, UNAVAILABLE)
+        if editor is not None
+        else {"method": "CSLA", **{c: UNAVAILABLE for c in table.columns[1:]}}
+    )
     if baseline is not None:
         table.rows.append(make_row("optimisation baseline", base_acc, "n/a (1 sample)"))
     return table
-
-
-def evaluate_command(argv: Sequence[str] | None = None, load_models: object = None) -> int:
-    """``python -m csla_core evaluate``: print the CSLA vs baseline table (markdown)."""
-    from ..models.mappers import CSLAMappers
-    from ..training.loop import add_model_args, resolve_models
-
-    p = argparse.ArgumentParser(prog="csla evaluate", description="CSLA vs optimisation")
-    add_model_args(p)
-    p.add_argument("--mappers", type=Path, default=None, help="trained CSLA mappers")
-    p.add_argument("--prompts", nargs="+", default=list(DEFAULT_PROMPTS))
-    p.add_argument("--n-images", type=int, default=4)
-    p.add_argument("--n-samples", type=int, default=4)
-    p.add_argument("--strength", type=float, default=1.0)
-    p.add_argument("--diversity", type=float, default=0.5)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--baseline-steps", type=int, default=300, help="0 skips the baseline")
-    p.add_argument("--resolution", type=int, default=None,
-                   help="render size for scoring (default 8 with --tiny, else 256)")
-    p.add_argument("--identity-weights", type=Path, default=None,
-                   help="face-recognition weights for identity similarity: a MobileFaceNet "
-                   "checkpoint or a facenet-pytorch InceptionResnetV1 state dict")
-    p.add_argument("--output", type=Path, default=None, help="also write the table as JSON")
-    args = p.parse_args(argv)
-    try:
-        generator, clip, _ = resolve_models(args, load_models)  # type: ignore[arg-type]
-        res = args.resolution or (8 if args.tiny else 256)
-        editor = None
-        if args.mappers is not None:
-            editor = TextEditor(generator, clip, CSLAMappers.load(args.mappers),
-                                render_resolution=res)
-        baseline = (OptimisationConfig(steps=args.baseline_steps, max_resolution=res)
-                    if args.baseline_steps > 0 else None)
-        identity = load_face_embedder(args.identity_weights) if args.identity_weights else None
-        lpips_fn = load_lpips()
-        if lpips_fn is None:
-            print(f"note: LPIPS unavailable: {lpips_unavailable_reason()}")
-        table = evaluate(generator, clip, editor=editor, prompts=args.prompts,
-                         n_images=args.n_images, n_samples=args.n_samples,
-                         strength=args.strength, diversity=args.diversity, seed=args.seed,
-                         baseline=baseline, render_resolution=res, identity_fn=identity,
-                         lpips_fn=lpips_fn)
-        print(table.to_markdown())
-        if args.output is not None:
-            args.output.parent.mkdir(parents=True, exist_ok=True)
-            args.output.write_text(table.to_json() + "\n")
-    except CSLAError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0

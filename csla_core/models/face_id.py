@@ -263,7 +263,7 @@ def embed_photo(net: MobileFaceNet, photo: object, detector: object | None = Non
                 face_index: int = 0) -> torch.Tensor:
     """MobileFaceNet embedding [256] of a face in a photo (path, PIL, ...), aligned from
     ``faces.FaceDetector`` landmarks (largest face first)."""
-    from ..faces.core import get_default_detector, load_image, select_face
+    from ..faces import get_default_detector, load_image, select_face
     from ..imaging import pil_to_tensor
 
     image = load_image(photo)

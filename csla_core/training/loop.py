@@ -32,12 +32,10 @@ optimisation and reported as ``samples_per_s``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
-import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import NamedTuple
@@ -48,7 +46,6 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 from ..errors import CSLAError, WeightsError
-from ..models.builders import build_tiny_models
 from ..models.clip import ClipEmbedder
 from ..models.mappers import (
     CENTRE_STRATEGIES,
@@ -117,10 +114,23 @@ class TrainConfig:
     def tiny(cls, **overrides: object) -> TrainConfig:
         """[ours] CPU preset for the tiny random models (what the tests use)."""
         base: dict[str, object] = dict(
-            steps=300, batch_size=64, lr=1.0, max_resolution=8, truncation=0.7,
-            latent_avg_samples=2048, scale_samples=2048, fixed_mean_samples=256,
-            pool_size=512, pool_refresh=0, hidden_dim=128, depth=3, mixing_hidden=32,
-            save_every=200, eval_samples=256, cpu=True, clip_model_name="tiny-random",
+            steps=300,
+            batch_size=64,
+            lr=1.0,
+            max_resolution=8,
+            truncation=0.7,
+            latent_avg_samples=2048,
+            scale_samples=2048,
+            fixed_mean_samples=256,
+            pool_size=512,
+            pool_refresh=0,
+            hidden_dim=128,
+            depth=3,
+            mixing_hidden=32,
+            save_every=200,
+            eval_samples=256,
+            cpu=True,
+            clip_model_name="tiny-random",
         )
         base.update(overrides)
         return cls(**base)  # type: ignore[arg-type]
@@ -160,8 +170,15 @@ def _aux_seed(seed: int, purpose: int) -> int:
 
 
 @torch.no_grad()
-def sample_latents(generator: Generator, n: int, rng: torch.Generator, *, truncation: float = 1.0,
-                   latent_avg: torch.Tensor | None = None, mix_prob: float = 0.0) -> torch.Tensor:
+def sample_latents(
+    generator: Generator,
+    n: int,
+    rng: torch.Generator,
+    *,
+    truncation: float = 1.0,
+    latent_avg: torch.Tensor | None = None,
+    mix_prob: float = 0.0,
+) -> torch.Tensor:
     """z -> W+ [n, n_latent, D] with optional truncation and style mixing (z drawn on CPU)."""
     device = generator.input.input.device
     z = torch.randn(n, generator.style_dim, generator=rng).to(device)
@@ -185,9 +202,15 @@ def sample_latents(generator: Generator, n: int, rng: torch.Generator, *, trunca
 
 
 @torch.no_grad()
-def render_features(generator: Generator, clip: ClipEmbedder, wplus: torch.Tensor, *,
-                    max_resolution: int | None, noise_mode: str = "const",
-                    chunk: int = 64) -> torch.Tensor:
+def render_features(
+    generator: Generator,
+    clip: ClipEmbedder,
+    wplus: torch.Tensor,
+    *,
+    max_resolution: int | None,
+    noise_mode: str = "const",
+    chunk: int = 64,
+) -> torch.Tensor:
     """W+ -> CLIP image embeddings of the renders (no grad), in chunks."""
     out = []
     for part in wplus.split(chunk):
@@ -196,27 +219,50 @@ def render_features(generator: Generator, clip: ClipEmbedder, wplus: torch.Tenso
     return torch.cat(out)
 
 
-def sample_batch(generator: Generator, clip: ClipEmbedder, n: int, rng: torch.Generator, *,
-                 latent_avg: torch.Tensor, truncation: float = 1.0, mix_prob: float = 0.0,
-                 max_resolution: int | None = 256, noise_mode: str = "const") -> Samples:
+def sample_batch(
+    generator: Generator,
+    clip: ClipEmbedder,
+    n: int,
+    rng: torch.Generator,
+    *,
+    latent_avg: torch.Tensor,
+    truncation: float = 1.0,
+    mix_prob: float = 0.0,
+    max_resolution: int | None = 256,
+    noise_mode: str = "const",
+) -> Samples:
     """One batch of data-free training samples: W+ codes and their renders' CLIP embeddings."""
-    wplus = sample_latents(generator, n, rng, truncation=truncation, latent_avg=latent_avg,
-                           mix_prob=mix_prob)
-    feats = render_features(generator, clip, wplus, max_resolution=max_resolution,
-                            noise_mode=noise_mode)
+    wplus = sample_latents(
+        generator, n, rng, truncation=truncation, latent_avg=latent_avg, mix_prob=mix_prob
+    )
+    feats = render_features(
+        generator, clip, wplus, max_resolution=max_resolution, noise_mode=noise_mode
+    )
     return Samples(wplus, feats)
 
 
 def _sampling(cfg: TrainConfig) -> dict[str, object]:
-    return {"truncation": cfg.truncation, "mix_prob": cfg.mix_prob,
-            "max_resolution": cfg.max_resolution, "noise_mode": cfg.noise_mode}
+    return {
+        "truncation": cfg.truncation,
+        "mix_prob": cfg.mix_prob,
+        "max_resolution": cfg.max_resolution,
+        "noise_mode": cfg.noise_mode,
+    }
 
 
 @torch.no_grad()
-def heldout_error(generator: Generator, clip: ClipEmbedder, mappers: CSLAMappers, *,
-                  n: int = 256, seed: int = 987_654_321, truncation: float = 1.0,
-                  max_resolution: int | None = 256, noise_mode: str = "const",
-                  samples: Samples | None = None) -> dict[str, float]:
+def heldout_error(
+    generator: Generator,
+    clip: ClipEmbedder,
+    mappers: CSLAMappers,
+    *,
+    n: int = 256,
+    seed: int = 987_654_321,
+    truncation: float = 1.0,
+    max_resolution: int | None = 256,
+    noise_mode: str = "const",
+    samples: Samples | None = None,
+) -> dict[str, float]:
     """Held-out residual-prediction error vs the trivial predictor (the best constant).
 
     ratio_w = mean ||dw_pred - dw||^2 / mean ||mean(dw) - dw||^2 over fresh samples (and the
@@ -224,9 +270,16 @@ def heldout_error(generator: Generator, clip: ClipEmbedder, mappers: CSLAMappers
     """
     latent_avg = mappers.latent_avg
     if samples is None:
-        samples = sample_batch(generator, clip, n, _seeded(seed), latent_avg=latent_avg[:1],
-                               truncation=truncation, max_resolution=max_resolution,
-                               noise_mode=noise_mode)
+        samples = sample_batch(
+            generator,
+            clip,
+            n,
+            _seeded(seed),
+            latent_avg=latent_avg[:1],
+            truncation=truncation,
+            max_resolution=max_resolution,
+            noise_mode=noise_mode,
+        )
     device = latent_avg.device
     wplus, feats = samples.wplus.to(device), samples.features.to(device)
     styles_fn = _styles_fn(generator, latent_avg)
@@ -247,8 +300,9 @@ def heldout_error(generator: Generator, clip: ClipEmbedder, mappers: CSLAMappers
     return stats
 
 
-def _styles_fn(generator: Generator, latent_avg: torch.Tensor
-               ) -> Callable[[torch.Tensor], torch.Tensor]:
+def _styles_fn(
+    generator: Generator, latent_avg: torch.Tensor
+) -> Callable[[torch.Tensor], torch.Tensor]:
     # The modulation layers are affine, so the S residual of a W+ residual is linear in it:
     # S(w_avg + dw) - S(w_avg) = S(dw) - S(0).
     zero = torch.zeros(1, generator.n_latent, generator.style_dim, device=latent_avg.device)
@@ -285,8 +339,9 @@ def _pairwise_cos(x: torch.Tensor) -> torch.Tensor:
     return x @ x.T
 
 
-def _regression(out: MapperOutput, dw_t: torch.Tensor, ds_t: torch.Tensor | None,
-                cfg: TrainConfig) -> dict[str, torch.Tensor]:
+def _regression(
+    out: MapperOutput, dw_t: torch.Tensor, ds_t: torch.Tensor | None, cfg: TrainConfig
+) -> dict[str, torch.Tensor]:
     terms = {"w_l2": F.mse_loss(out.dw, dw_t), "w_cos": cosine_loss(out.dw, dw_t)}
     if out.ds is not None and ds_t is not None:
         terms["s_l2"] = F.mse_loss(out.ds, ds_t)
@@ -314,7 +369,8 @@ def _resolve_resume(resume: str | Path, output_dir: Path) -> Path:
     path = Path(resume)
     if not (path / "state.pt").is_file() or not (path / "mappers.safetensors").is_file():
         raise WeightsError(
-            f"{path} is not a CSLA training checkpoint (mappers.safetensors + state.pt)")
+            f"{path} is not a CSLA training checkpoint (mappers.safetensors + state.pt)"
+        )
     return path
 
 
@@ -322,10 +378,16 @@ def _resolve_resume(resume: str | Path, output_dir: Path) -> Path:
 SampleCache = dict[tuple, "Samples"]
 
 
-def train(generator: Generator, clip: ClipEmbedder, config: TrainConfig, *,
-          output_dir: str | Path, resume: str | Path | None = None,
-          accelerator: Accelerator | None = None,
-          sample_cache: SampleCache | None = None) -> dict[str, float]:
+def train(
+    generator: Generator,
+    clip: ClipEmbedder,
+    config: TrainConfig,
+    *,
+    output_dir: str | Path,
+    resume: str | Path | None = None,
+    accelerator: Accelerator | None = None,
+    sample_cache: SampleCache | None = None,
+) -> dict[str, float]:
     """Train CSLA mappers data-free; writes ``output_dir/mappers.safetensors`` (+ .json).
 
     Returns stats: final losses, ``samples_per_s`` (sample generation throughput of this
@@ -338,27 +400,42 @@ def train(generator: Generator, clip: ClipEmbedder, config: TrainConfig, *,
     # The generator is frozen while training; its requires_grad flags are restored afterwards.
     flags = [(p, p.requires_grad) for p in generator.parameters()]
     try:
-        return _train(generator, clip, config, Path(output_dir), resume, accelerator,
-                      sample_cache)
+        return _train(generator, clip, config, Path(output_dir), resume, accelerator, sample_cache)
     finally:
         for p, flag in flags:
             p.requires_grad_(flag)
 
 
-def _cached_sample(cache: SampleCache | None, n: int, seed: int, latent_avg: torch.Tensor,
-                   cfg: TrainConfig, render: Callable[[], Samples]) -> Samples:
+def _cached_sample(
+    cache: SampleCache | None,
+    n: int,
+    seed: int,
+    latent_avg: torch.Tensor,
+    cfg: TrainConfig,
+    render: Callable[[], Samples],
+) -> Samples:
     if cache is None:
         return render()
-    key = (n, seed, latent_avg.detach().cpu().numpy().tobytes(),
-           tuple(sorted(_sampling(cfg).items())))
+    key = (
+        n,
+        seed,
+        latent_avg.detach().cpu().numpy().tobytes(),
+        tuple(sorted(_sampling(cfg).items())),
+    )
     if key not in cache:
         cache[key] = render()
     return cache[key]
 
 
-def _train(generator: Generator, clip: ClipEmbedder, config: TrainConfig, output_dir: Path,
-           resume: str | Path | None, accelerator: Accelerator | None,
-           sample_cache: SampleCache | None = None) -> dict[str, float]:
+def _train(
+    generator: Generator,
+    clip: ClipEmbedder,
+    config: TrainConfig,
+    output_dir: Path,
+    resume: str | Path | None,
+    accelerator: Accelerator | None,
+    sample_cache: SampleCache | None = None,
+) -> dict[str, float]:
     cfg = config
     acc = accelerator or Accelerator(cpu=cfg.cpu, mixed_precision=cfg.mixed_precision)
     device = acc.device
@@ -367,22 +444,106 @@ def _train(generator: Generator, clip: ClipEmbedder, config: TrainConfig, output
     rank, world = acc.process_index, acc.num_processes
     torch.manual_seed(cfg.seed)
 
-    # -- latent centre, target scales, mapper --
+    mappers, latent_avg, styles_fn = _initial_mappers(generator, clip, cfg, device, sample_cache)
+
+    optimizer = torch.optim.Adam(mappers.parameters(), lr=cfg.lr, betas=cfg.betas)
+    start_step, prev = _resume_from(resume, output_dir, mappers, optimizer, device)
+    mappers.train()
+    model, optimizer = acc.prepare(mappers, optimizer)
+    core: CSLAMappers = acc.unwrap_model(model)
+
+    timed_sample = _SampleTimer(generator, clip, latent_avg, cfg, device)
+    pool = _replay_pool(cfg, sample_cache, latent_avg, timed_sample, rank, world)
+
+    bar = tqdm(
+        range(start_step, cfg.steps),
+        initial=start_step,
+        total=cfg.steps,
+        desc="csla train",
+        disable=not acc.is_local_main_process,
+        dynamic_ncols=True,
+    )
+    logs: dict[str, float] = {}
+    t_train = time.perf_counter()
+    for step in bar:
+        step_seed = (cfg.seed * 1_000_003 + step) * max(world, 1) + rank
+        if pool is None:
+            batch = timed_sample(cfg.batch_size, step_seed)
+        else:
+            if cfg.pool_refresh > 0:
+                pool.replace(timed_sample(cfg.pool_refresh, step_seed))
+            batch = pool.draw(cfg.batch_size, _seeded(step_seed + 7))
+        core.centre.update(acc.gather(batch.features))
+        loss, terms = _step_loss(
+            model, core, generator, clip, batch, prev, latent_avg, styles_fn, cfg
+        )
+        optimizer.zero_grad(set_to_none=True)
+        acc.backward(loss)
+        optimizer.step()
+        prev = Samples(batch.wplus.detach(), batch.features.detach())
+
+        if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
+            logs = {k: float(v) for k, v in terms.items()}
+            logs["loss"] = float(loss.detach())
+            logs["samples_per_s"] = timed_sample.rate
+            bar.set_postfix(
+                {
+                    k: f"{v:.3g}"
+                    for k, v in logs.items()
+                    if k in ("loss", "w_l2", "s_l2", "relative", "samples_per_s")
+                }
+            )
+        if cfg.save_every > 0 and (step + 1) % cfg.save_every == 0 and step + 1 < cfg.steps:
+            _save_checkpoint(acc, core, optimizer, step + 1, prev, cfg, output_dir)
+    train_seconds = time.perf_counter() - t_train
+    steps_done = cfg.steps - start_step
+
+    stats: dict[str, float] = dict(logs)
+    stats["samples_per_s"] = timed_sample.rate
+    stats["generated_samples"] = float(timed_sample.count)
+    stats["steps"] = float(cfg.steps)
+    stats["steps_per_s"] = steps_done / train_seconds if train_seconds > 0 else float("nan")
+    return _finish(acc, core, optimizer, prev, cfg, output_dir, generator, clip, stats)
+
+
+def _initial_mappers(
+    generator: Generator,
+    clip: ClipEmbedder,
+    cfg: TrainConfig,
+    device: torch.device,
+    sample_cache: SampleCache | None,
+) -> tuple[CSLAMappers, torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
+    """Untrained mappers with their latent centre, target scales and CLIP-space centre set;
+    also the latent average [n_latent, D] and the W+ -> S residual function."""
     with torch.no_grad():
-        latent_avg_w = generator.mean_latent(cfg.latent_avg_samples,
-                                             _seeded(_aux_seed(cfg.seed, 1)))
+        latent_avg_w = generator.mean_latent(
+            cfg.latent_avg_samples, _seeded(_aux_seed(cfg.seed, 1))
+        )
         latent_avg = generator.to_wplus(latent_avg_w)[0].clone()
         styles_fn = _styles_fn(generator, latent_avg)
-        probe = sample_latents(generator, cfg.scale_samples, _seeded(_aux_seed(cfg.seed, 2)),
-                               truncation=cfg.truncation, latent_avg=latent_avg[:1],
-                               mix_prob=cfg.mix_prob)
+        probe = sample_latents(
+            generator,
+            cfg.scale_samples,
+            _seeded(_aux_seed(cfg.seed, 2)),
+            truncation=cfg.truncation,
+            latent_avg=latent_avg[:1],
+            mix_prob=cfg.mix_prob,
+        )
         dw_probe = probe - latent_avg[None]
         w_std = dw_probe.std(0)
         s_std = styles_fn(dw_probe).std(0)
     mcfg = mapper_config_for(
-        generator, clip.embed_dim, wplus=cfg.wplus, hidden_dim=cfg.hidden_dim, depth=cfg.depth,
-        lr_mul=cfg.lr_mul, input_pixelnorm=cfg.input_pixelnorm, map_s=cfg.map_s,
-        mixing=cfg.mixing, mixing_hidden=cfg.mixing_hidden, centre=cfg.centre,
+        generator,
+        clip.embed_dim,
+        wplus=cfg.wplus,
+        hidden_dim=cfg.hidden_dim,
+        depth=cfg.depth,
+        lr_mul=cfg.lr_mul,
+        input_pixelnorm=cfg.input_pixelnorm,
+        map_s=cfg.map_s,
+        mixing=cfg.mixing,
+        mixing_hidden=cfg.mixing_hidden,
+        centre=cfg.centre,
         stats_momentum=cfg.stats_momentum,
         meta={"clip_model": cfg.clip_model_name, "trainer": "csla_core.training.loop"},
     )
@@ -402,20 +563,40 @@ def _train(generator: Generator, clip: ClipEmbedder, config: TrainConfig, output
         elif cfg.centre == "fixed_mean":
             mean_seed = _aux_seed(cfg.seed, 3)
             mean_samples = _cached_sample(
-                sample_cache, cfg.fixed_mean_samples, mean_seed, latent_avg, cfg,
-                lambda: sample_batch(generator, clip, cfg.fixed_mean_samples,
-                                     _seeded(mean_seed), latent_avg=latent_avg[:1],
-                                     **_sampling(cfg)))  # type: ignore[arg-type]
+                sample_cache,
+                cfg.fixed_mean_samples,
+                mean_seed,
+                latent_avg,
+                cfg,
+                lambda: sample_batch(
+                    generator,
+                    clip,
+                    cfg.fixed_mean_samples,
+                    _seeded(mean_seed),
+                    latent_avg=latent_avg[:1],
+                    **_sampling(cfg),
+                ),
+            )  # type: ignore[arg-type]
             mappers.centre.set_centre(mean_samples.features.mean(0))
             mappers.centre.update(mean_samples.features)
+    return mappers, latent_avg, styles_fn
 
-    optimizer = torch.optim.Adam(mappers.parameters(), lr=cfg.lr, betas=cfg.betas)
+
+def _resume_from(
+    resume: str | Path | None,
+    output_dir: Path,
+    mappers: CSLAMappers,
+    optimizer: torch.optim.Optimizer,
+    device: torch.device,
+) -> tuple[int, Samples | None]:
+    """Load a checkpoint into ``mappers`` and ``optimizer``; the step to go on from and the
+    previous step's samples (the temporal centre needs them)."""
     start_step = 0
     prev: Samples | None = None
     if resume is not None:
         ckpt = _resolve_resume(resume, output_dir)
         loaded = CSLAMappers.load(ckpt / "mappers.safetensors", device=device)
-        if loaded.config.to_json() != mcfg.to_json():
+        if loaded.config.to_json() != mappers.config.to_json():
             raise WeightsError(f"checkpoint {ckpt} was trained with a different mapper config")
         mappers.load_state_dict(loaded.state_dict())
         state = torch.load(ckpt / "state.pt", map_location=device, weights_only=True)
@@ -423,90 +604,124 @@ def _train(generator: Generator, clip: ClipEmbedder, config: TrainConfig, output
         start_step = int(state["step"])
         if "prev_wplus" in state:
             prev = Samples(state["prev_wplus"].to(device), state["prev_features"].to(device))
-    mappers.train()
-    model, optimizer = acc.prepare(mappers, optimizer)
-    core: CSLAMappers = acc.unwrap_model(model)
+    return start_step, prev
 
-    gen_time, gen_count = 0.0, 0
 
-    def timed_sample(n: int, seed: int) -> Samples:
-        nonlocal gen_time, gen_count
+class _SampleTimer:
+    """Draws training samples and keeps the sample-generation throughput (``samples_per_s``)."""
+
+    def __init__(
+        self,
+        generator: Generator,
+        clip: ClipEmbedder,
+        latent_avg: torch.Tensor,
+        cfg: TrainConfig,
+        device: torch.device,
+    ) -> None:
+        self.generator, self.clip, self.latent_avg, self.cfg = generator, clip, latent_avg, cfg
+        self.device = device
+        self.seconds, self.count = 0.0, 0
+
+    def __call__(self, n: int, seed: int) -> Samples:
         t0 = time.perf_counter()
-        s = sample_batch(generator, clip, n, _seeded(seed), latent_avg=latent_avg[:1],
-                         **_sampling(cfg))  # type: ignore[arg-type]
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        gen_time += time.perf_counter() - t0
-        gen_count += n
+        s = sample_batch(
+            self.generator,
+            self.clip,
+            n,
+            _seeded(seed),
+            latent_avg=self.latent_avg[:1],
+            **_sampling(self.cfg),  # type: ignore[arg-type]
+        )
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.seconds += time.perf_counter() - t0
+        self.count += n
         return s
 
-    pool: _Pool | None = None
-    if cfg.pool_size > 0:
-        chunks = []
-        per = max(1, math.ceil(cfg.pool_size / max(cfg.batch_size, 64)))
-        for i in range(per):
-            n = min(cfg.pool_size - i * max(cfg.batch_size, 64), max(cfg.batch_size, 64))
-            seed = _aux_seed(cfg.seed, 100 + i * world + rank)
-            chunks.append(_cached_sample(sample_cache, n, seed, latent_avg, cfg,
-                                         lambda n=n, seed=seed: timed_sample(n, seed)))
-        pool = _Pool(Samples(torch.cat([c.wplus for c in chunks]),
-                             torch.cat([c.features for c in chunks])))
+    @property
+    def rate(self) -> float:
+        return self.count / self.seconds if self.seconds > 0 else float("nan")
 
-    bar = tqdm(range(start_step, cfg.steps), initial=start_step, total=cfg.steps,
-               desc="csla train", disable=not acc.is_local_main_process, dynamic_ncols=True)
-    logs: dict[str, float] = {}
-    t_train = time.perf_counter()
-    for step in bar:
-        step_seed = (cfg.seed * 1_000_003 + step) * max(world, 1) + rank
-        if pool is None:
-            batch = timed_sample(cfg.batch_size, step_seed)
-        else:
-            if cfg.pool_refresh > 0:
-                pool.replace(timed_sample(cfg.pool_refresh, step_seed))
-            batch = pool.draw(cfg.batch_size, _seeded(step_seed + 7))
-        core.centre.update(acc.gather(batch.features))
-        loss, terms = _step_loss(model, core, generator, clip, batch, prev, latent_avg,
-                                 styles_fn, cfg)
-        optimizer.zero_grad(set_to_none=True)
-        acc.backward(loss)
-        optimizer.step()
-        prev = Samples(batch.wplus.detach(), batch.features.detach())
 
-        if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
-            logs = {k: float(v) for k, v in terms.items()}
-            logs["loss"] = float(loss.detach())
-            logs["samples_per_s"] = gen_count / gen_time if gen_time > 0 else float("nan")
-            bar.set_postfix({k: f"{v:.3g}" for k, v in logs.items()
-                             if k in ("loss", "w_l2", "s_l2", "relative", "samples_per_s")})
-        if cfg.save_every > 0 and (step + 1) % cfg.save_every == 0 and step + 1 < cfg.steps:
-            _save_checkpoint(acc, core, optimizer, step + 1, prev, cfg, output_dir)
-    train_seconds = time.perf_counter() - t_train
-    steps_done = cfg.steps - start_step
+def _replay_pool(
+    cfg: TrainConfig,
+    sample_cache: SampleCache | None,
+    latent_avg: torch.Tensor,
+    timed_sample: _SampleTimer,
+    rank: int,
+    world: int,
+) -> _Pool | None:
+    """The replay pool (``pool_size`` > 0), rendered in chunks of at least 64 samples, each from
+    its own seed per process; None: fresh samples every step."""
+    if cfg.pool_size <= 0:
+        return None
+    chunks = []
+    per = max(1, math.ceil(cfg.pool_size / max(cfg.batch_size, 64)))
+    for i in range(per):
+        n = min(cfg.pool_size - i * max(cfg.batch_size, 64), max(cfg.batch_size, 64))
+        seed = _aux_seed(cfg.seed, 100 + i * world + rank)
+        chunks.append(
+            _cached_sample(
+                sample_cache,
+                n,
+                seed,
+                latent_avg,
+                cfg,
+                lambda n=n, seed=seed: timed_sample(n, seed),
+            )
+        )
+    return _Pool(
+        Samples(torch.cat([c.wplus for c in chunks]), torch.cat([c.features for c in chunks]))
+    )
 
-    stats: dict[str, float] = dict(logs)
-    stats["samples_per_s"] = gen_count / gen_time if gen_time > 0 else float("nan")
-    stats["generated_samples"] = float(gen_count)
-    stats["steps"] = float(cfg.steps)
-    stats["steps_per_s"] = steps_done / train_seconds if train_seconds > 0 else float("nan")
+
+def _finish(
+    acc: Accelerator,
+    core: CSLAMappers,
+    optimizer: torch.optim.Optimizer,
+    prev: Samples | None,
+    cfg: TrainConfig,
+    output_dir: Path,
+    generator: Generator,
+    clip: ClipEmbedder,
+    stats: dict[str, float],
+) -> dict[str, float]:
+    """The last checkpoint, the trained mappers and their config, and the held-out error."""
     _save_checkpoint(acc, core, optimizer, cfg.steps, prev, cfg, output_dir)
     core.eval()
     if acc.is_main_process:
         core.save(output_dir / "mappers.safetensors")
         (output_dir / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
     if cfg.eval_samples > 0 and acc.is_main_process:
-        stats.update(heldout_error(generator, clip, core, n=cfg.eval_samples, seed=cfg.eval_seed,
-                                   truncation=cfg.truncation, max_resolution=cfg.max_resolution,
-                                   noise_mode=cfg.noise_mode))
+        stats.update(
+            heldout_error(
+                generator,
+                clip,
+                core,
+                n=cfg.eval_samples,
+                seed=cfg.eval_seed,
+                truncation=cfg.truncation,
+                max_resolution=cfg.max_resolution,
+                noise_mode=cfg.noise_mode,
+            )
+        )
     if acc.is_main_process:
         (output_dir / "train_stats.json").write_text(json.dumps(stats, indent=2) + "\n")
     acc.wait_for_everyone()
     return stats
 
 
-def _step_loss(model: torch.nn.Module, core: CSLAMappers, generator: Generator,
-               clip: ClipEmbedder, batch: Samples, prev: Samples | None,
-               latent_avg: torch.Tensor, styles_fn: Callable[[torch.Tensor], torch.Tensor],
-               cfg: TrainConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def _step_loss(
+    model: torch.nn.Module,
+    core: CSLAMappers,
+    generator: Generator,
+    clip: ClipEmbedder,
+    batch: Samples,
+    prev: Samples | None,
+    latent_avg: torch.Tensor,
+    styles_fn: Callable[[torch.Tensor], torch.Tensor],
+    cfg: TrainConfig,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     w_scale = core.w_scale
     s_scale = core.s_scale if core.s_mapper is not None else None
 
@@ -553,8 +768,15 @@ def _step_loss(model: torch.nn.Module, core: CSLAMappers, generator: Generator,
     return loss, {k: v.detach() for k, v in terms.items()}
 
 
-def _save_checkpoint(acc: Accelerator, core: CSLAMappers, optimizer: torch.optim.Optimizer,
-                     step: int, prev: Samples | None, cfg: TrainConfig, output_dir: Path) -> None:
+def _save_checkpoint(
+    acc: Accelerator,
+    core: CSLAMappers,
+    optimizer: torch.optim.Optimizer,
+    step: int,
+    prev: Samples | None,
+    cfg: TrainConfig,
+    output_dir: Path,
+) -> None:
     acc.wait_for_everyone()
     if not acc.is_main_process:
         return
@@ -585,20 +807,35 @@ def model_card(output_dir: str | Path, repo_id: str) -> str:
     stats = json.loads(stats_path.read_text()) if stats_path.is_file() else {}
     cfg = json.loads(cfg_path.read_text()) if cfg_path.is_file() else {}
     lines = [
-        "---", "library_name: pytorch", "tags: [stylegan2, clip, image-editing, csla]", "---", "",
-        f"# {repo_id}: CSLA mappers", "",
+        "---",
+        "library_name: pytorch",
+        "tags: [stylegan2, clip, image-editing, csla]",
+        "---",
+        "",
+        f"# {repo_id}: CSLA mappers",
+        "",
         "CLIP-residual -> StyleGAN2 W+/S residual mappers trained data-free, an implementation of",
         "*Bridging CLIP and StyleGAN through Latent Alignment for Image Editing*",
         "(arXiv 2210.04506). Weights: `mappers.safetensors` (config in the metadata and in",
-        "`mappers.json`). Load with `csla_core.models.mappers.CSLAMappers.load(path)`.", "",
-        "## Training", "```json", json.dumps(cfg, indent=2), "```", "",
-        "## Measured", "```json", json.dumps(stats, indent=2), "```", "",
+        "`mappers.json`). Load with `csla_core.models.mappers.CSLAMappers.load(path)`.",
+        "",
+        "## Training",
+        "```json",
+        json.dumps(cfg, indent=2),
+        "```",
+        "",
+        "## Measured",
+        "```json",
+        json.dumps(stats, indent=2),
+        "```",
+        "",
     ]
     return "\n".join(lines)
 
 
-def push_to_hub(output_dir: str | Path, repo_id: str, *, token: str | None = None,
-                private: bool = True) -> str:
+def push_to_hub(
+    output_dir: str | Path, repo_id: str, *, token: str | None = None, private: bool = True
+) -> str:
     """Upload the mapper, its config and a generated model card to a Hugging Face model repo."""
     from huggingface_hub import HfApi  # imported here: only this optional step needs it
 
@@ -609,95 +846,16 @@ def push_to_hub(output_dir: str | Path, repo_id: str, *, token: str | None = Non
     api = HfApi(token=token)
     api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
     api.upload_folder(
-        repo_id=repo_id, folder_path=str(output_dir), repo_type="model",
-        allow_patterns=["mappers.safetensors", "mappers.json", "README.md",
-                        "train_config.json", "train_stats.json"],
+        repo_id=repo_id,
+        folder_path=str(output_dir),
+        repo_type="model",
+        allow_patterns=[
+            "mappers.safetensors",
+            "mappers.json",
+            "README.md",
+            "train_config.json",
+            "train_stats.json",
+        ],
         commit_message="Upload CSLA mappers",
     )
     return f"https://huggingface.co/{repo_id}"
-
-
-# ---------------------------------------------------------------------- CLI
-LoadModels = Callable[[argparse.Namespace], tuple[Generator, ClipEmbedder]]
-
-
-def add_model_args(parser: argparse.ArgumentParser) -> None:
-    """Model-choice flags shared by the train/edit/generate/evaluate commands."""
-    g = parser.add_argument_group("models")
-    g.add_argument("--tiny", action="store_true", help="tiny random models (offline CPU demo)")
-    g.add_argument("--random-weights", action="store_true",
-                   help="full-size generator and ViT-B-32 CLIP with random weights (benchmarks)")
-    g.add_argument("--checkpoint-dir", type=Path, default=None,
-                   help="folder with the real generator/CLIP weights (loaded by the pipeline)")
-    g.add_argument("--model-seed", type=int, default=0, help="seed of random model weights")
-
-
-def pipeline_models(args: argparse.Namespace) -> tuple[Generator, ClipEmbedder]:
-    """The real generator and CLIP, found like every other weight (see ``csla_core.weights``)."""
-    from ..loading import load_pipeline
-
-    pipe = load_pipeline(checkpoint_dir=args.checkpoint_dir, with_encoder=False)
-    assert pipe.clip is not None
-    return pipe.generator, pipe.clip
-
-
-def resolve_models(args: argparse.Namespace, load_models: LoadModels | None
-                   ) -> tuple[Generator, ClipEmbedder, str]:
-    """Build the (generator, clip, clip name) the flags ask for."""
-    if args.tiny:
-        g, c = build_tiny_models(args.model_seed)
-        return g, c, "tiny-random"
-    if args.random_weights:
-        import open_clip
-
-        torch.manual_seed(args.model_seed)
-        model = open_clip.create_model("ViT-B-32-quickgelu", pretrained=None)
-        return Generator().eval(), ClipEmbedder(model), "ViT-B-32-quickgelu (random)"
-    if load_models is None:
-        load_models = pipeline_models
-    g, c = load_models(args)
-    return g, c, "ViT-B-32-quickgelu"
-
-
-def build_train_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="csla train", description="Data-free CSLA mapper training")
-    add_model_args(p)
-    p.add_argument("--output-dir", type=Path, default=Path("runs/csla"))
-    p.add_argument("--resume", default=None, help="checkpoint folder, or 'latest'")
-    p.add_argument("--push-to-hub", metavar="REPO_ID", default=None)
-    defaults = TrainConfig()
-    for f in fields(TrainConfig):
-        if f.name in ("betas", "cpu", "clip_model_name"):
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        default = getattr(defaults, f.name)
-        if isinstance(default, bool):
-            p.add_argument(flag, type=lambda s: s.lower() in ("1", "true", "yes"), default=None,
-                           metavar="BOOL")
-        elif f.name == "max_resolution":
-            p.add_argument(flag, type=int, default=None)
-        else:
-            p.add_argument(flag, type=type(default), default=None)
-    p.add_argument("--cpu", action="store_true", help="force CPU")
-    return p
-
-
-def train_command(argv: Sequence[str] | None = None, load_models: LoadModels | None = None) -> int:
-    """``python -m csla_core train ...``. Returns a process exit code."""
-    args = build_train_parser().parse_args(argv)
-    try:
-        generator, clip, clip_name = resolve_models(args, load_models)
-        overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig)
-                     if getattr(args, f.name, None) is not None}
-        overrides["clip_model_name"] = clip_name
-        if not args.cpu:
-            overrides.pop("cpu", None)
-        config = TrainConfig.tiny(**overrides) if args.tiny else TrainConfig(**overrides)
-        stats = train(generator, clip, config, output_dir=args.output_dir, resume=args.resume)
-        print(json.dumps(stats, indent=2))
-        if args.push_to_hub:
-            print(push_to_hub(args.output_dir, args.push_to_hub))
-    except CSLAError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0

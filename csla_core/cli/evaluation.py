@@ -1,0 +1,156 @@
+"""Commands that measure: ``evaluate`` (CSLA vs the optimisation baseline), ``check-mappers``
+(do the mappers find the published smile / age directions) and ``bench`` (per-stage timings
+at real sizes)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from .options import (
+    add_device_option,
+    add_model_options,
+    add_precision_option,
+    add_samples_option,
+    build_models,
+    build_pipeline,
+    hidden_alias,
+    load_mappers,
+)
+
+
+def evaluate_command(argv: list[str] | None = None) -> int:
+    """Print the CSLA vs baseline table (markdown)."""
+    from ..editing.editor import TextEditor
+    from ..editing.optimise import OptimisationConfig
+    from ..evaluation.metrics import (
+        DEFAULT_PROMPTS,
+        evaluate,
+        load_lpips,
+        lpips_unavailable_reason,
+    )
+    from ..models.face_id import load_face_embedder
+
+    p = argparse.ArgumentParser(
+        prog="python -m csla_core evaluate", description="CSLA vs optimisation"
+    )
+    add_model_options(p, tiny=True)
+    p.add_argument("--mappers", type=Path, default=None, help="trained CSLA mappers")
+    p.add_argument("--prompts", nargs="+", default=list(DEFAULT_PROMPTS))
+    p.add_argument("--n-images", type=int, default=4, help="random faces edited per prompt")
+    add_samples_option(p, 4, "CSLA samples per edit", aliases=("--n-samples",))
+    p.add_argument("--strength", type=float, default=1.0)
+    p.add_argument("--diversity", type=float, default=0.5)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--baseline-steps", type=int, default=300, help="0 skips the baseline")
+    p.add_argument(
+        "--resolution",
+        type=int,
+        default=None,
+        help="render size for scoring (default 8 with --tiny, else 256)",
+    )
+    p.add_argument(
+        "--identity-weights",
+        type=Path,
+        default=None,
+        help="face-recognition weights for identity similarity: a MobileFaceNet "
+        "checkpoint or a facenet-pytorch InceptionResnetV1 state dict",
+    )
+    p.add_argument("--json", type=Path, default=None, help="also write the table as JSON")
+    hidden_alias(p, "--output", dest="json", type=Path)
+    args = p.parse_args(argv)
+    generator, clip, _ = build_models(args)
+    res = args.resolution or (8 if args.tiny else 256)
+    editor = None
+    if args.mappers is not None:
+        editor = TextEditor(
+            generator, clip, load_mappers(args.mappers, generator), render_resolution=res
+        )
+    baseline = (
+        OptimisationConfig(steps=args.baseline_steps, max_resolution=res)
+        if args.baseline_steps > 0
+        else None
+    )
+    identity = load_face_embedder(args.identity_weights) if args.identity_weights else None
+    lpips_fn = load_lpips()
+    if lpips_fn is None:
+        print(f"note: LPIPS unavailable: {lpips_unavailable_reason()}")
+    table = evaluate(
+        generator,
+        clip,
+        editor=editor,
+        prompts=args.prompts,
+        n_images=args.n_images,
+        n_samples=args.samples,
+        strength=args.strength,
+        diversity=args.diversity,
+        seed=args.seed,
+        baseline=baseline,
+        render_resolution=res,
+        identity_fn=identity,
+        lpips_fn=lpips_fn,
+    )
+    print(table.to_markdown())
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(table.to_json() + "\n")
+    return 0
+
+
+def check_mappers_command(argv: list[str] | None = None) -> int:
+    """Print the cosine of each check prompt's W change with its InterFaceGAN direction."""
+    from ..errors import CSLAError
+    from ..evaluation.check import check_mappers, format_checks
+
+    p = argparse.ArgumentParser(
+        prog="python -m csla_core check-mappers",
+        description="Edit the average face by 'smiling' and 'an old person' and compare the W "
+        "change with e4e's published InterFaceGAN smile and age directions (real models only).",
+    )
+    p.add_argument("--mappers", type=Path, default=None, help="trained CSLA mappers")
+    p.add_argument("--strength", type=float, default=1.0)
+    add_model_options(p, precision=True)
+    args = p.parse_args(argv)
+    pipe = build_pipeline(args, mappers_path=args.mappers, with_encoder=False)
+    if pipe.mappers is None:
+        raise CSLAError("no CSLA mappers found: give --mappers, or make them first (`train`)")
+    print(format_checks(check_mappers(pipe, args.strength), pipe.random_weights))
+    return 0
+
+
+def bench_command(argv: list[str] | None = None) -> int:
+    import torch
+
+    from ..evaluation import bench
+
+    parser = argparse.ArgumentParser(prog="python -m csla_core bench", description=bench.__doc__)
+    add_device_option(parser, "cpu", "cpu or cuda (default: cpu)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per stage (median)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument(
+        "--size", type=int, default=1024, help="generator size (smaller: a quick smoke run only)"
+    )
+    parser.add_argument("--preview", type=int, default=256, help="preview render size")
+    add_precision_option(parser)
+    parser.add_argument(
+        "--json", metavar="PATH", help="also write the figures as JSON ('-' = stdout)"
+    )
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    report = bench.run_benchmarks(
+        device=args.device,
+        repeats=args.repeats,
+        precision=args.precision,
+        size=args.size,
+        preview=args.preview,
+    )
+    if args.json == "-":
+        print(json.dumps(report, indent=2))
+    else:
+        print(bench.format_report(report))
+        if args.json:
+            with open(args.json, "w") as handle:
+                json.dump(report, handle, indent=2)
+    return 0

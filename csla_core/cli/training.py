@@ -1,0 +1,161 @@
+"""Commands that train mappers: ``train`` (data-free training) and ``ablate`` (one mapper per
+centre strategy / mixing mode, compared)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from dataclasses import asdict, fields
+from pathlib import Path
+
+from .options import (
+    add_model_options,
+    add_output_option,
+    build_models,
+    hidden_alias,
+    train_device_is_cpu,
+)
+
+# TrainConfig fields that get no flag of their own: set by the command, not the user.
+_NOT_FLAGS = ("betas", "cpu", "clip_model_name")
+
+
+def _parse_bool(text: str) -> bool:
+    return text.lower() in ("1", "true", "yes")
+
+
+def _add_cpu_alias(parser: argparse.ArgumentParser) -> None:
+    hidden_alias(parser, "--cpu", dest="device", action="store_const", const="cpu")
+
+
+def build_train_parser() -> argparse.ArgumentParser:
+    from ..training.loop import TrainConfig
+
+    p = argparse.ArgumentParser(
+        prog="python -m csla_core train", description="Data-free CSLA mapper training"
+    )
+    add_model_options(p, tiny=True)
+    _add_cpu_alias(p)
+    add_output_option(
+        p,
+        "runs/csla",
+        "run folder: mappers, configs, stats, checkpoints",
+        aliases=("--output-dir",),
+    )
+    p.add_argument("--resume", default=None, help="checkpoint folder, or 'latest'")
+    p.add_argument("--push-to-hub", metavar="REPO_ID", default=None)
+    options = p.add_argument_group("training options (defaults: TrainConfig, or its tiny preset)")
+    defaults = TrainConfig()
+    for f in fields(TrainConfig):
+        if f.name in _NOT_FLAGS:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        default = getattr(defaults, f.name)
+        if isinstance(default, bool):
+            options.add_argument(flag, type=_parse_bool, default=None, metavar="BOOL")
+        elif f.name == "max_resolution":
+            options.add_argument(flag, type=int, default=None)
+        else:
+            options.add_argument(flag, type=type(default), default=None)
+    return p
+
+
+def train_command(argv: list[str] | None = None) -> int:
+    from ..training.loop import TrainConfig, push_to_hub, train
+
+    args = build_train_parser().parse_args(argv)
+    generator, clip, clip_name = build_models(args)
+    overrides = {
+        f.name: getattr(args, f.name)
+        for f in fields(TrainConfig)
+        if f.name not in _NOT_FLAGS and getattr(args, f.name, None) is not None
+    }
+    overrides["clip_model_name"] = clip_name
+    cpu = train_device_is_cpu(args.device)
+    if cpu is not None:
+        overrides["cpu"] = cpu
+    config = TrainConfig.tiny(**overrides) if args.tiny else TrainConfig(**overrides)
+    stats = train(generator, clip, config, output_dir=args.output, resume=args.resume)
+    print(json.dumps(stats, indent=2))
+    if args.push_to_hub:
+        print(push_to_hub(args.output, args.push_to_hub))
+    return 0
+
+
+def build_ablate_parser() -> argparse.ArgumentParser:
+    from ..evaluation.ablation import DEFAULT_EDIT_PROMPT, DEFAULT_SWEEPS
+
+    p = argparse.ArgumentParser(
+        prog="python -m csla_core ablate",
+        description="Train one mapper per CLIP-centre strategy / style-mixing mode (same seed, "
+        "steps and data) and compare held-out errors and edit quality.",
+    )
+    add_model_options(p, tiny=True)
+    _add_cpu_alias(p)
+    p.add_argument(
+        "--variants",
+        nargs="+",
+        default=list(DEFAULT_SWEEPS),
+        metavar="OPTION=V1,V2",
+        help="sweeps, each varying one training option (default: every centre "
+        "strategy and every mixing mode)",
+    )
+    p.add_argument("--steps", type=int, default=None, help="training steps per variant")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--set",
+        nargs="+",
+        default=[],
+        metavar="OPTION=VALUE",
+        help="base training options shared by every variant, e.g. batch_size=32",
+    )
+    p.add_argument("--heldout", type=int, default=256, help="held-out samples for the scores")
+    p.add_argument("--prompt", default=DEFAULT_EDIT_PROMPT, help="prompt of the clip_gain edit")
+    p.add_argument("--edit-faces", type=int, default=8, help="faces edited for clip_gain")
+    add_output_option(
+        p,
+        None,
+        "keep each variant's mappers here (default: a temporary folder)",
+        aliases=("--output-dir",),
+    )
+    p.add_argument("--json", type=Path, default=None, help="also write the rows as JSON")
+    return p
+
+
+def ablate_command(argv: list[str] | None = None) -> int:
+    from ..evaluation.ablation import format_table, parse_settings, parse_variants, run_ablation
+    from ..training.loop import TrainConfig
+
+    args = build_ablate_parser().parse_args(argv)
+    base_options: dict[str, object] = {"seed": args.seed, **parse_settings(args.set)}
+    if args.steps is not None:
+        base_options["steps"] = args.steps
+    cpu = train_device_is_cpu(args.device)
+    if cpu is not None:
+        base_options["cpu"] = cpu
+    variants = parse_variants(args.variants)
+    generator, clip, clip_name = build_models(args)
+    base_options["clip_model_name"] = clip_name
+    base = TrainConfig.tiny(**base_options) if args.tiny else TrainConfig(**base_options)
+    with tempfile.TemporaryDirectory(prefix="csla-ablate-") as tmp:
+        rows = run_ablation(
+            generator,
+            clip,
+            variants,
+            base,
+            args.output or tmp,
+            n_heldout=args.heldout,
+            edit_prompt=args.prompt,
+            edit_faces=args.edit_faces,
+        )
+    print(
+        f"{base.steps} steps per variant, seed {base.seed}, batch {base.batch_size}, "
+        f"{args.heldout} held-out samples; ratios: 1 = trivial predictor, lower is better"
+    )
+    print(format_table(rows))
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        payload = {"config": asdict(base), "rows": [asdict(r) for r in rows]}
+        args.json.write_text(json.dumps(payload, indent=2) + "\n")
+    return 0
