@@ -41,6 +41,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "generate_command",
         "text-to-image through the CSLA mappers",
     ),
+    "calibrate": (
+        "csla_core.cli.training",
+        "calibrate_command",
+        "make CSLA mappers for the loaded models, data-free, in minutes",
+    ),
     "train": (
         "csla_core.cli.training",
         "train_command",

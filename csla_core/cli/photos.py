@@ -137,14 +137,21 @@ def edit_command(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--crop", action="store_true", help="write the aligned 1024 crop, not the photo"
     )
-    parser.add_argument("--mappers", help="trained CSLA mappers (.safetensors)")
+    parser.add_argument("--mappers", help="CSLA mappers (.safetensors, or a folder holding one)")
+    parser.add_argument(
+        "--baseline",
+        action="store_true",
+        help="no mappers: CLIP-guided optimisation (slower, one result) instead of calibrating",
+    )
     add_output_option(parser, "outputs", "output folder")
     add_model_options(parser, precision=True)
     args = parser.parse_args(argv)
     if args.samples < 1:
         raise CSLAError("--samples must be at least 1")
     photos = _photos(args.photo)
-    pipe = build_pipeline(args, mappers_path=args.mappers)
+    pipe = build_pipeline(args, mappers_path=args.mappers, with_mappers=not args.baseline)
+    if not args.baseline:
+        _ensure_mappers(pipe)
     args.output.mkdir(parents=True, exist_ok=True)
     from tqdm import tqdm
 
@@ -156,6 +163,20 @@ def edit_command(argv: list[str] | None = None) -> int:
             failures += 1
             print(f"{photo}: {exc}", file=sys.stderr)
     return 2 if failures else 0
+
+
+def _ensure_mappers(pipe) -> None:
+    """Mappers for the loaded models: calibrated now (once; kept in the cache) if there are none."""
+    if pipe.mappers is not None:
+        return
+    from ..training.calibrate import calibrate_pipeline
+
+    print(
+        "No CSLA mappers for these models yet: making them now, once (about 10 min on 2 CPU "
+        "cores; kept for the next run). `edit --baseline` skips this."
+    )
+    result = calibrate_pipeline(pipe)
+    print(f"mappers ready: {result.path}")
 
 
 def _edit_photo(pipe, photo: Path, args: argparse.Namespace) -> None:
@@ -193,11 +214,12 @@ def generate_command(argv: list[str] | None = None) -> int:
     add_samples_option(parser, 4, "number of images", aliases=("--n",))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--diversity", type=float, default=0.5)
-    parser.add_argument("--mappers", help="trained CSLA mappers (.safetensors)")
+    parser.add_argument("--mappers", help="CSLA mappers (.safetensors, or a folder holding one)")
     add_output_option(parser, "outputs", "output folder")
     add_model_options(parser, precision=True)
     args = parser.parse_args(argv)
     pipe = build_pipeline(args, mappers_path=args.mappers)
+    _ensure_mappers(pipe)
     from ..imaging import tensor_to_pil
 
     result = pipe.generate(args.prompt, n=args.samples, seed=args.seed, diversity=args.diversity)

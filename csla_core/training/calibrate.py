@@ -19,6 +19,7 @@ An MLP refinement on the bank was measured too and gained nothing over the fit.
 from __future__ import annotations
 
 import math
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -27,11 +28,13 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from ..errors import CSLAError
 from ..models.clip import ClipEmbedder
 from ..models.mappers import CSLAMappers, GroupMLP
 from ..models.ops import ACTIVATION_GAIN
 from ..models.stylegan2 import Generator
-from ..weights import model_fingerprint, models_meta
+from ..pipeline import CSLAPipeline
+from ..weights import mappers_cache_dir, mappers_filename, model_fingerprint, models_meta
 from .loop import Samples, TrainConfig, _aux_seed, _initial_mappers, _seeded, sample_batch
 
 BANK_DIR = "bank"
@@ -47,7 +50,7 @@ class CalibrationConfig:
 
     n_samples: int = 1000  # bank size; about 10 min at full size on 2 CPU cores
     chunk: int = 16  # samples per saved bank file (what an interruption can lose)
-    minutes: float | None = None  # stop rendering when this is spent (keeps at least min_samples)
+    minutes: float | None = 9.0  # stop rendering when this is spent (keeps at least min_samples)
     min_samples: int = 64
     seed: int = 0
     margin: float = 4.0  # the placed map is exact for inputs within margin x the bank's range
@@ -82,6 +85,7 @@ def calibrate(
     progress: Progress | None = None,
     between_chunks: Callable[[], None] | None = None,
     show_bar: bool = True,
+    fingerprints: dict[str, str] | None = None,
 ) -> CalibrationResult:
     """Calibrate mappers for ``generator`` and ``clip``; writes ``output_dir/mappers.safetensors``.
 
@@ -115,7 +119,10 @@ def calibrate(
     mappers.config.meta.update(
         trainer="csla_core.training.calibrate",
         samples=str(len(x)),
-        **models_meta({"generator": model_fingerprint(generator), "clip": model_fingerprint(clip)}),
+        **models_meta(
+            fingerprints
+            or {"generator": model_fingerprint(generator), "clip": model_fingerprint(clip)}
+        ),
     )
     fit_s = time.perf_counter() - started
     path = mappers.eval().save(out / MAPPERS_FILE)
@@ -293,3 +300,35 @@ def place_linear(mlp: GroupMLP, weight: torch.Tensor, bias: torch.Tensor, offset
     readout = torch.zeros(weight.shape[1], hidden)
     readout[:, :d_in] = weight.T / gain
     set_layer(layers[-1], readout, bias - offset * weight.sum(0))
+
+
+def calibrate_pipeline(
+    pipe: CSLAPipeline,
+    config: CalibrationConfig | None = None,
+    *,
+    output_dir: str | Path | None = None,
+    progress: Progress | None = None,
+    between_chunks: Callable[[], None] | None = None,
+    show_bar: bool = True,
+) -> CalibrationResult:
+    """Calibrate mappers for a loaded pipeline's generator and CLIP and edit with them from now
+    on. Without ``output_dir`` they are kept where ``load_pipeline`` finds them at the next
+    start: the user's cache, named by the models' fingerprints (the bank beside them, so an
+    interrupted calibration resumes)."""
+    if pipe.clip is None:
+        raise CSLAError("calibration needs CLIP: load the pipeline with with_clip=True")
+    name = mappers_filename(pipe.fingerprints)
+    work = Path(output_dir) if output_dir else mappers_cache_dir() / Path(name).stem
+    result = calibrate(
+        pipe.generator, pipe.clip, config, output_dir=work, progress=progress,
+        between_chunks=between_chunks, show_bar=show_bar, fingerprints=pipe.fingerprints,
+    )  # fmt: skip
+    path = result.path
+    if output_dir is None:  # the file load_pipeline looks for; written whole, then renamed
+        path = mappers_cache_dir() / name
+        partial = path.with_name(path.name + ".partial")
+        shutil.copyfile(result.path, partial)
+        partial.replace(path)
+        result = replace(result, path=path)
+    pipe.use_mappers(result.mappers.to(pipe.device), str(path))
+    return result
