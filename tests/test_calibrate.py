@@ -117,3 +117,12 @@ def test_an_interrupted_calibration_resumes_from_its_saved_bank(tiny, tmp_path, 
     x = torch.randn(3, clip.embed_dim, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         torch.testing.assert_close(resumed.mappers.w_mapper(x), fresh.mappers.w_mapper(x))
+
+
+def test_the_calibration_experiment_prints_each_candidate_against_the_training(capsys):
+    from csla_core import cli
+
+    assert cli.main(["compare-calibration", "--seeds", "0", "--sizes", "128", "--steps", "5"]) == 0
+    table = capsys.readouterr().out
+    assert "| 0 | train 5 steps |" in table and "| 0 | calibrate N=128 |" in table
+    assert "1.00 / 1.00 / 1.00" in table  # the training row against itself

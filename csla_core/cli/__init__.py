@@ -71,6 +71,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "generate_latent_command",
         "text-to-image to W+ files (--tiny ok)",
     ),
+    "compare-calibration": (
+        "csla_core.cli.evaluation",
+        "compare_calibration_command",
+        "the experiment behind the calibration recipe (tiny models)",
+    ),
     "check-mappers": (
         "csla_core.cli.evaluation",
         "check_mappers_command",

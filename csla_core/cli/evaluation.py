@@ -154,3 +154,24 @@ def bench_command(argv: list[str] | None = None) -> int:
             with open(args.json, "w") as handle:
                 json.dump(report, handle, indent=2)
     return 0
+
+
+def compare_calibration_command(argv: list[str] | None = None) -> int:
+    from ..evaluation.calibration import compare_calibration, format_calibration
+
+    p = argparse.ArgumentParser(
+        prog="python -m csla_core compare-calibration",
+        description="Calibration by bank size vs the full trainer, on the tiny models (README).",
+    )
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="model seeds")
+    p.add_argument("--sizes", type=int, nargs="+", default=[256, 512, 2048], help="bank sizes")
+    p.add_argument("--steps", type=int, default=300, help="training steps of the baseline")
+    p.add_argument("--json", type=Path, default=None, help="also write the rows as JSON")
+    args = p.parse_args(argv)
+    rows = compare_calibration(args.seeds, args.sizes, args.steps)
+    print(format_calibration(rows))
+    if args.json:
+        from dataclasses import asdict
+
+        args.json.write_text(json.dumps([asdict(r) for r in rows], indent=2) + "\n")
+    return 0
