@@ -19,6 +19,7 @@ from .media import (
     sweep_strengths,
     write_gif,
 )
+from .preparation import MapperPreparation, PreparationStatus
 from .request import (
     MAX_PROMPT_CHARS,
     NO_PHOTO_MESSAGE,
@@ -43,6 +44,8 @@ __all__ = [
     "EditStep",
     "EditingService",
     "InvalidSettingError",
+    "MapperPreparation",
+    "PreparationStatus",
     "NoPhotoError",
     "SessionCache",
     "annotate_faces",

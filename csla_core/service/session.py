@@ -53,6 +53,7 @@ from .request import (
 if TYPE_CHECKING:  # faces pulls in facenet-pytorch; only its types are needed here
     from ..editing.result import EditResult
     from ..pipeline import CSLAPipeline, Inversion
+    from .preparation import MapperPreparation
 
 PREVIEW_RESOLUTION = 256  # a quick first render before the full-size one (when larger)
 OPTIMISED_PER_FACE = 4  # fallback optimisations kept per cached face (one per prompt)
@@ -122,6 +123,8 @@ class EditingService:
     it: without a pipeline every operation raises WeightsError, so the UI can still start and
     explain what to download. ``wrap_model_call(name, fn)`` wraps each model call (names in
     ``MODEL_CALLS``), e.g. to give it a ZeroGPU slot; pasting runs on the CPU and is not wrapped.
+    ``preparation``: a first-run calibration running in the background, which yields to every
+    model call.
     """
 
     MODEL_CALLS = ("invert", "render", "embed", "edit", "render_edit", "generate")
@@ -133,6 +136,7 @@ class EditingService:
         max_resolution: int | None = None,
         sweep_dir: str | os.PathLike | None = None,
         wrap_model_call: ModelCallWrapper | None = None,
+        preparation: MapperPreparation | None = None,
     ):
         if isinstance(pipe_or_error, BaseException):
             self.pipe: CSLAPipeline | None = None
@@ -155,7 +159,20 @@ class EditingService:
         self.sweep_folder.mkdir(parents=True, exist_ok=True)
         if sweep_dir is None:  # our own folder: removed with the service, or at exit at the latest
             weakref.finalize(self, shutil.rmtree, str(self.sweep_folder), ignore_errors=True)
-        wrap = wrap_model_call or (lambda _name, fn: fn)
+        self.preparation = preparation
+        outer = wrap_model_call or (lambda _name, fn: fn)
+
+        def wrap(name: str, fn: Callable) -> Callable:
+            wrapped = outer(name, fn)
+            if preparation is None:
+                return wrapped
+
+            def call(*args: Any, **kwargs: Any) -> Any:
+                with preparation.serving():  # a background calibration waits meanwhile
+                    return wrapped(*args, **kwargs)
+
+            return call
+
         self.invert = wrap("invert", self._invert)
         self.render = wrap("render", self._render)
         self.embed = wrap("embed", self._embed)
@@ -167,6 +184,11 @@ class EditingService:
     @property
     def notice(self) -> str:
         return self.pipe.notice if self.pipe is not None else ""
+
+    @property
+    def preparing(self) -> str:
+        """What the page says about first-run calibration ("" when there is none)."""
+        return "" if self.preparation is None else self.preparation.status.message
 
     @property
     def resolutions(self) -> list[int]:

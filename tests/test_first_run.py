@@ -1,0 +1,61 @@
+"""First run without mappers: the service edits with the fallback while mappers are calibrated
+in the background, calibration yields to requests, and the next edit after it is a CSLA edit
+(no restart)."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from csla_core import load_pipeline
+from csla_core.editing.result import BASELINE_METHOD, MAPPERS_METHOD
+from csla_core.service import MapperPreparation
+from csla_core.training.calibrate import CalibrationConfig
+from csla_core.training.loop import TrainConfig
+
+
+def _wait(condition, seconds: float = 120.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_calibration_in_the_background_switches_edits_to_csla(tmp_path):
+    pipe = load_pipeline(random_weights=True, device="cpu", size=32, tiny_clip=True,
+                         with_mappers=False)  # fmt: skip
+    pipe.baseline_steps = 2
+    wplus = pipe.latent_avg[None]
+    assert pipe.mappers is None and pipe.edit(wplus, "smiling").method == BASELINE_METHOD
+    config = CalibrationConfig(
+        n_samples=16, chunk=4, min_samples=4, mappers=TrainConfig(max_resolution=32)
+    )
+    finished = []
+    prep = MapperPreparation(pipe, config, output_dir=tmp_path,
+                             on_done=lambda p, r: finished.append(r))  # fmt: skip
+    assert "0/16 samples" in prep.status.message and "fallback" in prep.status.message
+    with prep.serving():  # a request in progress: calibration renders one chunk, then waits
+        prep.start()
+        _wait(lambda: prep.status.done == 4)
+        time.sleep(0.5)
+        assert prep.status.done == 4 and prep.status.state == "running"
+    _wait(lambda: prep.status.state != "running")
+    assert prep.status.state == "done" and finished and "ready" in prep.status.message
+    edit = pipe.edit(wplus, "smiling", n_samples=3)
+    assert edit.method == MAPPERS_METHOD and edit.wplus.shape[0] == 3
+    assert pipe.sources["mappers"] == str(tmp_path / "mappers.safetensors")
+    assert not torch.equal(edit.wplus[0], edit.wplus[1])  # several different edits
+
+
+def test_a_failed_calibration_is_reported_and_the_fallback_keeps_working(tmp_path):
+    pipe = load_pipeline(random_weights=True, device="cpu", size=32, tiny_clip=True,
+                         with_mappers=False)  # fmt: skip
+    pipe.baseline_steps = 2
+    config = CalibrationConfig(n_samples=4, chunk=4, min_samples=4,
+                               mappers=TrainConfig(max_resolution=32, hidden_dim=8))  # fmt: skip
+    prep = MapperPreparation(pipe, config, output_dir=tmp_path).start()
+    prep.thread.join(120)
+    assert prep.status.state == "failed" and "fallback" in prep.status.message
+    assert pipe.mappers is None
+    assert pipe.edit(pipe.latent_avg[None], "smiling").method == BASELINE_METHOD
