@@ -126,3 +126,14 @@ def test_the_calibration_experiment_prints_each_candidate_against_the_training(c
     table = capsys.readouterr().out
     assert "| 0 | train 5 steps |" in table and "| 0 | calibrate N=128 |" in table
     assert "1.00 / 1.00 / 1.00" in table  # the training row against itself
+
+
+def test_training_starts_from_calibrated_mappers_and_only_improves_them(tiny, calibrated, tmp_path):
+    generator, clip = tiny
+    cfg = TrainConfig.tiny(steps=5, eval_samples=64, init_mappers=str(calibrated.path))
+    stats = train(generator, clip, cfg, output_dir=tmp_path)
+    assert stats["kept"] in ("trained mappers", "initial mappers (training did not improve them)")
+    total = stats["ratio_w"] + stats["ratio_s"]
+    assert total <= stats["initial_ratio_w"] + stats["initial_ratio_s"]
+    meta = CSLAMappers.load(tmp_path / "mappers.safetensors").config.meta
+    assert meta["generator_sha256"] == model_fingerprint(generator)  # trained ones record it too

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
-from dataclasses import asdict, fields
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 
 from .options import (
@@ -20,7 +20,7 @@ from .options import (
 )
 
 # TrainConfig fields that get no flag of their own: set by the command, not the user.
-_NOT_FLAGS = ("betas", "cpu", "clip_model_name")
+_NOT_FLAGS = ("betas", "cpu", "clip_model_name", "init_mappers")
 
 
 def _parse_bool(text: str) -> bool:
@@ -46,6 +46,12 @@ def build_train_parser() -> argparse.ArgumentParser:
         aliases=("--output-dir",),
     )
     p.add_argument("--resume", default=None, help="checkpoint folder, or 'latest'")
+    p.add_argument(
+        "--init",
+        default="calibrate",
+        help="where training starts: 'calibrate' (default: calibrate first, in minutes, and keep "
+        "the trained mappers only if they are better), 'none' (untrained), or a mappers file",
+    )
     p.add_argument("--push-to-hub", metavar="REPO_ID", default=None)
     options = p.add_argument_group("training options (defaults: TrainConfig, or its tiny preset)")
     defaults = TrainConfig()
@@ -78,6 +84,15 @@ def train_command(argv: list[str] | None = None) -> int:
     if cpu is not None:
         overrides["cpu"] = cpu
     config = TrainConfig.tiny(**overrides) if args.tiny else TrainConfig(**overrides)
+    if args.init == "calibrate" and args.resume is None:
+        from ..training.calibrate import CalibrationConfig, calibrate
+
+        calibration = (CalibrationConfig.tiny if args.tiny else CalibrationConfig)(mappers=config)
+        start = calibrate(generator, clip, calibration, output_dir=args.output / "calibration")
+        print(f"calibrated mappers to start from: {start.path}")
+        config = replace(config, init_mappers=str(start.path))
+    elif args.init not in ("calibrate", "none"):
+        config = replace(config, init_mappers=args.init)
     stats = train(generator, clip, config, output_dir=args.output, resume=args.resume)
     print(json.dumps(stats, indent=2))
     if args.push_to_hub:

@@ -57,6 +57,7 @@ from ..models.mappers import (
     mapper_config_for,
 )
 from ..models.stylegan2 import Generator
+from ..weights import model_fingerprint, models_meta
 
 
 @dataclass
@@ -106,6 +107,9 @@ class TrainConfig:
     keep_checkpoints: int = 3
     eval_samples: int = 512  # held-out samples for the final error ratio (0 = skip)
     eval_seed: int = 987_654_321
+    # [ours] Start from these mappers (e.g. calibrated ones: `train` calibrates first by default);
+    # the trained result replaces them only if it is better on the held-out samples.
+    init_mappers: str = ""
     mixed_precision: str = "no"
     cpu: bool = False  # force CPU even when a GPU is visible
     clip_model_name: str = "unknown"
@@ -445,6 +449,7 @@ def _train(
     torch.manual_seed(cfg.seed)
 
     mappers, latent_avg, styles_fn = _initial_mappers(generator, clip, cfg, device, sample_cache)
+    initial = _start_from(cfg.init_mappers, mappers) if cfg.init_mappers and not resume else None
 
     optimizer = torch.optim.Adam(mappers.parameters(), lr=cfg.lr, betas=cfg.betas)
     start_step, prev = _resume_from(resume, output_dir, mappers, optimizer, device)
@@ -503,7 +508,7 @@ def _train(
     stats["generated_samples"] = float(timed_sample.count)
     stats["steps"] = float(cfg.steps)
     stats["steps_per_s"] = steps_done / train_seconds if train_seconds > 0 else float("nan")
-    return _finish(acc, core, optimizer, prev, cfg, output_dir, generator, clip, stats)
+    return _finish(acc, core, optimizer, prev, cfg, output_dir, generator, clip, stats, initial)
 
 
 def _initial_mappers(
@@ -675,6 +680,16 @@ def _replay_pool(
     )
 
 
+def _start_from(path: str, mappers: CSLAMappers) -> dict[str, torch.Tensor]:
+    """Load the weights of the mappers at ``path`` (made with the same architecture) into
+    ``mappers``; returns a copy of them (kept if training does not improve on them)."""
+    init = CSLAMappers.load(path)
+    if asdict(init.config) | {"meta": {}} != asdict(mappers.config) | {"meta": {}}:
+        raise CSLAError(f"{path} has another architecture than this training's config")
+    mappers.load_state_dict(init.state_dict())
+    return {k: v.detach().clone() for k, v in init.state_dict().items()}
+
+
 def _finish(
     acc: Accelerator,
     core: CSLAMappers,
@@ -685,26 +700,36 @@ def _finish(
     generator: Generator,
     clip: ClipEmbedder,
     stats: dict[str, float],
+    initial: dict[str, torch.Tensor] | None = None,
 ) -> dict[str, float]:
-    """The last checkpoint, the trained mappers and their config, and the held-out error."""
+    """The last checkpoint, the trained mappers and their config, and the held-out error.
+    With ``initial`` (the starting mappers' weights), the better of the two is kept."""
     _save_checkpoint(acc, core, optimizer, cfg.steps, prev, cfg, output_dir)
     core.eval()
+    core.config.meta.update(
+        models_meta({"generator": model_fingerprint(generator), "clip": model_fingerprint(clip)})
+    )
+    if cfg.eval_samples > 0 and acc.is_main_process:
+        options = dict(n=cfg.eval_samples, seed=cfg.eval_seed, truncation=cfg.truncation,
+                       max_resolution=cfg.max_resolution, noise_mode=cfg.noise_mode)  # fmt: skip
+        held = heldout_error(generator, clip, core, **options)
+        if initial is not None:
+            trained_state = {k: v.clone() for k, v in core.state_dict().items()}
+            core.load_state_dict(initial)
+            before = heldout_error(generator, clip, core, **options)
+            if before["ratio_w"] + before["ratio_s"] < held["ratio_w"] + held["ratio_s"]:
+                held, stats["kept"] = before, "initial mappers (training did not improve them)"
+            else:
+                core.load_state_dict(trained_state)
+                stats["kept"] = "trained mappers"
+            stats["initial_ratio_w"], stats["initial_ratio_s"] = (
+                before["ratio_w"],
+                before["ratio_s"],
+            )
+        stats.update(held)
     if acc.is_main_process:
         core.save(output_dir / "mappers.safetensors")
         (output_dir / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
-    if cfg.eval_samples > 0 and acc.is_main_process:
-        stats.update(
-            heldout_error(
-                generator,
-                clip,
-                core,
-                n=cfg.eval_samples,
-                seed=cfg.eval_seed,
-                truncation=cfg.truncation,
-                max_resolution=cfg.max_resolution,
-                noise_mode=cfg.noise_mode,
-            )
-        )
     if acc.is_main_process:
         (output_dir / "train_stats.json").write_text(json.dumps(stats, indent=2) + "\n")
     acc.wait_for_everyone()
