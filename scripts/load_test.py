@@ -20,7 +20,7 @@ per-request timeout and an overall deadline; the server is stopped at the end.
 
 Printed: requests, failures, latency percentiles (p50 / p90 / max, measured by the client, so they
 include the time spent waiting in the queue), requests per minute, and the server's memory.
-``--json PATH`` writes the same figures as JSON.
+``--json PATH`` writes the same figures as JSON; ``--app-log PATH`` keeps the app's output there.
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ import argparse
 import json
 import os
 import random
-import socket
 import subprocess
 import sys
 import tempfile
@@ -45,6 +44,11 @@ import numpy as np
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # the app's own launch helpers (csla_app/ beside app.py)
+    sys.path.insert(0, str(REPO))
+
+from csla_app.launch import app_environment, free_port  # noqa: E402
+
 ASTRONAUT = REPO / "assets" / "astronaut.jpg"
 PROMPTS = ["smiling", "grey hair", "wearing glasses", "angry", "a face with a beard", "surprised"]
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
@@ -120,26 +124,6 @@ def require_loopback(url: str) -> None:
     host = urllib.parse.urlparse(url).hostname or ""
     if host not in LOOPBACK:
         raise SystemExit(f"refusing to send load to {host!r}: loopback addresses only")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def app_environment(port: int, **overrides: str) -> dict[str, str]:
-    """The environment for ``python app.py`` on 127.0.0.1:``port``, offline, without analytics,
-    and with none of the caller's own CSLA_* settings (then ``overrides``)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CSLA_")}
-    env.update(
-        GRADIO_SERVER_NAME="127.0.0.1",
-        GRADIO_SERVER_PORT=str(port),
-        GRADIO_ANALYTICS_ENABLED="False",
-        HF_HUB_OFFLINE="1",
-    )
-    env.update(overrides)
-    return env
 
 
 # ``--small-models``: the app's own build_demo and launch options around a random pipeline with
@@ -294,6 +278,69 @@ class Report:
         return "\n".join(lines)
 
 
+def one_request(
+    client,
+    photos: Sequence[Path],
+    uploads: Sequence[np.ndarray],
+    index: int,
+    rng: random.Random,
+    samples: int,
+    timeout_s: float,
+) -> tuple[float, str | None]:
+    """User ``index`` edits their photo once: (seconds taken, the problem or None)."""
+    from gradio_client import handle_file
+
+    prompt = rng.choice(PROMPTS)
+    strength = round(rng.uniform(-2.0, 2.0), 1)
+    started = time.perf_counter()
+    try:
+        job = client.submit(
+            handle_file(str(photos[index])),
+            prompt,
+            strength,
+            rng.randrange(1000),
+            samples,
+            api_name="/edit",
+        )
+        result = job.result(timeout=timeout_s)
+    except Exception as exc:
+        return time.perf_counter() - started, f"user {index}: {type(exc).__name__}: {exc}"
+    elapsed = time.perf_counter() - started
+    if len(result) != samples:
+        return elapsed, f"user {index}: {len(result)} images instead of {samples}"
+    # Identical images (strength 0: every sample is the photo) are one downloaded file.
+    paths = list(dict.fromkeys(item["image"] for item in result))
+    try:
+        problem = None
+        for path in paths:
+            with Image.open(path) as image:
+                pixels = np.asarray(image.convert("RGB"))
+            problem = problem or check_result(pixels, uploads, index)
+    except Exception as exc:
+        problem = f"unreadable result: {type(exc).__name__}: {exc}"
+    finally:
+        for path in paths:  # downloads stay few (long runs)
+            Path(path).unlink(missing_ok=True)
+    if problem:
+        return elapsed, f"user {index} ({prompt!r}, strength {strength}): {problem}"
+    return elapsed, None
+
+
+def record_rss(
+    report: Report, samples: list[tuple[float, int]], started: float, ended: float
+) -> None:
+    """The server's peak RSS, and its RSS at each tenth of the timed phase."""
+    values = [rss for _t, rss in samples]
+    if values:
+        report.rss_max_mb = max(values) / 2**20
+    timed = [(t, rss) for t, rss in samples if started <= t <= ended]
+    for tenth in range(1, 11):
+        moment = started + (ended - started) * tenth / 10
+        before = [rss for t, rss in timed if t <= moment]
+        if before:
+            report.rss_timeline_mb.append(round(before[-1] / 2**20, 1))
+
+
 def run_load(
     url: str,
     photos: Sequence[Path],
@@ -308,7 +355,7 @@ def run_load(
 ) -> Report:
     """Every photo is one user; one warm-up request each, then ``requests_per_user`` requests each
     or as many as fit in ``seconds`` (a request is only started before the deadline)."""
-    from gradio_client import Client, handle_file
+    from gradio_client import Client
 
     require_loopback(url)
     if (requests_per_user is None) == (seconds is None):
@@ -327,42 +374,6 @@ def run_load(
     go = threading.Event()
     state = {"deadline": None, "end": None}
 
-    def one_request(client, index: int, rng: random.Random) -> tuple[float, str | None]:
-        prompt = rng.choice(PROMPTS)
-        strength = round(rng.uniform(-2.0, 2.0), 1)
-        started = time.perf_counter()
-        try:
-            job = client.submit(
-                handle_file(str(photos[index])),
-                prompt,
-                strength,
-                rng.randrange(1000),
-                samples,
-                api_name="/edit",
-            )
-            result = job.result(timeout=request_timeout_s)
-        except Exception as exc:
-            return time.perf_counter() - started, f"user {index}: {type(exc).__name__}: {exc}"
-        elapsed = time.perf_counter() - started
-        if len(result) != samples:
-            return elapsed, f"user {index}: {len(result)} images instead of {samples}"
-        # Identical images (strength 0: every sample is the photo) are one downloaded file.
-        paths = list(dict.fromkeys(item["image"] for item in result))
-        try:
-            problem = None
-            for path in paths:
-                with Image.open(path) as image:
-                    pixels = np.asarray(image.convert("RGB"))
-                problem = problem or check_result(pixels, uploads, index)
-        except Exception as exc:
-            problem = f"unreadable result: {type(exc).__name__}: {exc}"
-        finally:
-            for path in paths:  # downloads stay few (long runs)
-                Path(path).unlink(missing_ok=True)
-        if problem:
-            return elapsed, f"user {index} ({prompt!r}, strength {strength}): {problem}"
-        return elapsed, None
-
     def user(index: int) -> None:
         try:
             run_user(index)
@@ -375,7 +386,9 @@ def run_load(
         client = None
         try:
             client = Client(url, verbose=False, download_files=str(download_root / f"u{index}"))
-            elapsed, problem = one_request(client, index, rng)
+            elapsed, problem = one_request(
+                client, photos, uploads, index, rng, samples, request_timeout_s
+            )
             with lock:
                 report.warmup_requests += 1
                 report.warmup_latencies_s.append(elapsed)
@@ -397,7 +410,9 @@ def run_load(
                 break
             if state["deadline"] is not None and time.monotonic() >= state["deadline"]:
                 break
-            elapsed, problem = one_request(client, index, rng)
+            elapsed, problem = one_request(
+                client, photos, uploads, index, rng, samples, request_timeout_s
+            )
             done += 1
             with lock:
                 report.requests += 1
@@ -428,15 +443,7 @@ def run_load(
     report.rss_end_mb = mb()
     if sampler:
         sampler.stop()
-        values = [rss for _t, rss in sampler.samples]
-        if values:
-            report.rss_max_mb = max(values) / 2**20
-        timed = [(t, rss) for t, rss in sampler.samples if started <= t <= ended]
-        for tenth in range(1, 11):
-            moment = started + (ended - started) * tenth / 10
-            before = [rss for t, rss in timed if t <= moment]
-            if before:
-                report.rss_timeline_mb.append(round(before[-1] / 2**20, 1))
+        record_rss(report, sampler.samples, started, ended)
     if min(report.requests_per_user, default=0) == 0:
         report.failures.append(f"a user made no request: {report.requests_per_user}")
     return report
@@ -461,6 +468,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-resolution", type=int, default=64, help="render size of the app")
     parser.add_argument("--url", default=None, help="a running app (loopback only)")
     parser.add_argument("--json", default=None, help="also write the figures here")
+    parser.add_argument(
+        "--app-log", default=None, help="the started app's output (default: a temporary folder)"
+    )
     parser.add_argument("--timeout", type=float, default=300, help="per request, seconds")
     parser.add_argument(
         "--small-models",
@@ -473,17 +483,16 @@ def main(argv: list[str] | None = None) -> int:
 
     work = Path(tempfile.mkdtemp(prefix="csla-load-"))
     photos = make_photos(work / "photos", args.users)
+    app_log = Path(args.app_log) if args.app_log else work / "app.log"
     process = None
     url = args.url
     try:
         if url is None:
             started = time.monotonic()
             process, url = start_app(
-                args.max_resolution, log_path=work / "app.log", small_models=args.small_models
+                args.max_resolution, log_path=app_log, small_models=args.small_models
             )
-            print(
-                f"app ready at {url} after {time.monotonic() - started:.1f} s (log {work}/app.log)"
-            )
+            print(f"app ready at {url} after {time.monotonic() - started:.1f} s (log {app_log})")
         require_loopback(url)
         probe = rss_of(process.pid) if process is not None else None
         report = run_load(

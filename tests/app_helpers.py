@@ -7,13 +7,11 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-for folder in (REPO, REPO / "scripts"):  # app.py, and scripts/load_test.py's launch helpers
-    if str(folder) not in sys.path:
-        sys.path.insert(0, str(folder))
-
-from load_test import app_environment, free_port  # noqa: E402, F401 - re-exported for tests
+if str(REPO) not in sys.path:  # app.py and csla_app/ live at the repository root
+    sys.path.insert(0, str(REPO))
 
 import app  # noqa: E402
+from csla_app.launch import free_port  # noqa: E402
 
 
 def launch_on_loopback(demo) -> str:

@@ -37,10 +37,11 @@ TEST_RESOLUTION = 256
 if str(REPO) not in sys.path:  # app.py lives at the repository root
     sys.path.insert(0, str(REPO))
 
-from app_helpers import app_environment, free_port  # noqa: E402
 from app_helpers import launch_on_loopback as launch  # noqa: E402
 
 import app  # noqa: E402
+from csla_app import gradio_fixes  # noqa: E402
+from csla_app.launch import app_environment, free_port  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -95,6 +96,42 @@ def test_edit_endpoint_signature(client):
     info = client.view_api(print_info=False, return_format="dict")
     params = [p["parameter_name"] for p in info["named_endpoints"]["/edit"]["parameters"]]
     assert params == ["photo", "prompt", "strength", "seed", "samples"]
+
+
+def test_the_edit_settings_are_the_api_parameters(client):
+    """The settings are passed by name (EditSettings): the names and order stay the API's."""
+    info = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    params = {name: [p["parameter_name"] for p in e["parameters"]] for name, e in info.items()}
+    face, look = ["photo", "face_index", "prompt", "source_prompt"], ["diversity", "seed"]
+    assert params["/edit_photo"] == [*face, "strength", "auto", "samples", *look, "paste_mode"]
+    assert params["/sweep"] == [*face, "max_strength", "frames", *look, "paste_mode"]
+    assert params["/invert"] == ["photo"] and params["/select_face"] == ["photo", "face_index"]
+    assert params["/generate"] == ["prompt", "samples", "seed"]
+
+
+def test_results_are_output_only(demo):
+    """The results gallery feeds the comparison but is no upload zone (issue 14)."""
+    gallery = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "results")
+    assert gallery.interactive is False
+
+
+def test_importing_the_app_changes_nothing_in_gradio(demo):
+    """gradio's fixes are installed when a demo is built, not when app.py is imported."""
+    from gradio import processing_utils
+
+    code = (
+        "import gradio, gradio.processing_utils as p\n"
+        "seen = lambda: {n: id(v) for n, v in vars(p).items()} | {n: id(v) for n, v in "
+        "vars(gradio.Image).items()} | {n: id(v) for n, v in vars(gradio.Blocks).items()}\n"
+        "before = seen()\n"
+        "import app\n"
+        "assert seen() == before, sorted(set(seen().items()) ^ set(before.items()))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert processing_utils.save_pil_to_cache is gradio_fixes.save_pil_to_cache_atomically
 
 
 def test_edit_returns_the_requested_number_of_full_size_photos(client):
@@ -363,6 +400,7 @@ def test_browser_upload_prompt_release_slider_gives_a_gallery(server, browser):
         page.goto(server, wait_until="load")
         page.wait_for_selector("#photo input[type=file]", state="attached", timeout=60_000)
         assert "RANDOM-WEIGHTS MODE" in page.locator("#csla-notice").inner_text()
+        assert page.locator("#results input[type=file]").count() == 0
 
         page.locator("#photo input[type=file]").set_input_files(str(ASTRONAUT))
         page.locator("#prompt textarea").fill("smiling")
@@ -382,6 +420,9 @@ def test_browser_upload_prompt_release_slider_gives_a_gallery(server, browser):
             "document.querySelectorAll('#compare img').length >= 1", timeout=30_000
         )
         assert page.locator("#results img").count() == SAMPLES
+        # Results are output only: no upload zone, before or after they arrive (issue 14).
+        assert page.locator("#results input[type=file]").count() == 0
+        assert "Drop" not in page.locator("#results").inner_text()
         strength = float(page.locator("#strength input[type=number]").input_value())
         assert 1.0 < strength <= 3.0
         # The release's final render follows the previews of the click (an input event).
@@ -391,7 +432,9 @@ def test_browser_upload_prompt_release_slider_gives_a_gallery(server, browser):
             arg=f"strength {strength:+.2f}",
             timeout=150_000,
         )
-        page.wait_for_timeout(1500)  # the gallery fades new images in: let it finish for the picture
+        page.wait_for_timeout(
+            1500
+        )  # the gallery fades new images in: let it finish for the picture
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "app.png"), full_page=True)
         # Clicking a result puts it into the before/after comparison.
@@ -439,7 +482,11 @@ def test_browser_upload_prompt_release_slider_gives_a_gallery(server, browser):
             timeout=30_000,
         )
         track.click(position={"x": box["width"] * 0.6, "y": box["height"] / 2})
-        page.wait_for_function(f"!{status}.includes('(auto)')", timeout=150_000)
+        # The release's full-size render, not just the click's preview, before the page goes
+        # (a render still running when the process exits can abort it in torch).
+        page.wait_for_function(
+            f"!{status}.includes('(auto)') && !{status}.includes('preview')", timeout=150_000
+        )
         assert not auto.is_checked()
     finally:
         page.close()

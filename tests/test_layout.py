@@ -155,9 +155,9 @@ def test_nothing_imports_the_command_line_or_the_package_facade():
         if module != PACKAGE:
             # The top-level package re-exports the API; inside it, import the module itself.
             assert PACKAGE not in deps, f"{module} imports the top-level {PACKAGE} package"
-    app_files = [REPO_ROOT / "app.py", *sorted((REPO_ROOT / "app").rglob("*.py"))]
+    app_files = [REPO_ROOT / "app.py", *sorted((REPO_ROOT / "csla_app").rglob("*.py"))]
     for path in (p for p in app_files if p.is_file()):
-        names = _imported_names(ast.parse(path.read_text()), "app", False)
+        names = _imported_names(ast.parse(path.read_text()), "csla_app", False)
         assert not any(n == f"{PACKAGE}.cli" or n.startswith(f"{PACKAGE}.cli.") for n in names), (
             f"{path.name} imports the command line"
         )

@@ -1,0 +1,243 @@
+"""``PortraitEditor``: the object the app's events call, one method per UI action.
+
+It wraps one ``EditingService`` (shared by every session; a session's own state is the
+``gr.State`` cache each method receives and returns) and turns the service's steps into the
+components' updates. Errors become messages (``friendly``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+# ZeroGPU: `spaces` must come before torch initialises CUDA (app.py imports it first).
+import spaces
+
+# isort: split
+import gradio as gr
+
+import csla_core
+from csla_core.service import (
+    AUTO_STRENGTH,
+    EditingService,
+    SessionCache,
+    compare_pair,
+    session_cache,
+)
+
+from .errors import friendly
+from .settings import EditSettings
+
+PROGRESS = gr.Progress()  # the handlers' progress-tracker default (gradio fills it per request)
+GPU_DURATION_S = 60  # ZeroGPU time slot per model call
+EDIT_GPU_DURATION_S = 120  # an edit may fall back to the optimisation baseline (no mappers)
+
+
+def zero_gpu(name: str, fn: Callable) -> Callable:
+    """``spaces.GPU`` around one model call of the service (a no-op outside ZeroGPU)."""
+    return spaces.GPU(duration=EDIT_GPU_DURATION_S if name == "edit" else GPU_DURATION_S)(fn)
+
+
+def _no_faces() -> tuple:
+    """(face choice, annotated photo) for no photo: one hidden choice, nothing shown."""
+    return gr.update(choices=[("#0", 0)], value=0, visible=False), gr.update(visible=False)
+
+
+class PortraitEditor:
+    """The UI's actions on a loaded pipeline, or on the error that prevented loading it (then
+    every action that needs a model says what to download).
+
+    ``max_resolution`` caps the rendered size (a power of two; None = the generator's size).
+    The edit actions yield (results, before/after, status, cache, strength, auto strength);
+    the analysis actions (face choice, annotated photo, crop, reconstruction, cache).
+    """
+
+    def __init__(
+        self,
+        pipe_or_error: csla_core.CSLAPipeline | BaseException,
+        *,
+        max_resolution: int | None = None,
+        sweep_dir: str | os.PathLike | None = None,
+    ):
+        self.service = EditingService(
+            pipe_or_error,
+            max_resolution=max_resolution,
+            sweep_dir=sweep_dir,
+            wrap_model_call=zero_gpu,
+        )
+
+    # -- what the layout shows
+    @property
+    def error(self) -> BaseException | None:
+        """Why the models could not be loaded (None when they were)."""
+        return self.service.error if self.service.pipe is None else None
+
+    @property
+    def notice(self) -> str:
+        return self.service.notice
+
+    @property
+    def default_frames(self) -> int:
+        return self.service.default_frames
+
+    # -- photo and face
+    @friendly
+    def new_photo(self, photo: str | None, cache: Any, progress: Any = PROGRESS) -> Iterator:
+        """A new photo: the previous photo's outputs cleared at once, then its first face."""
+        yield from self._analyse(photo, 0, cache, progress, reset=True)
+
+    @friendly
+    def select_face(
+        self, photo: str | None, face_index: int | None, cache: Any, progress: Any = PROGRESS
+    ) -> Iterator:
+        """Another face of the same photo chosen."""
+        yield from self._analyse(photo, face_index, cache, progress, reset=False)
+
+    def _analyse(
+        self, photo: str | None, face_index: int | None, cache: Any, progress: Any, reset: bool
+    ) -> Iterator:
+        """Detect, align, invert; the reconstruction at preview size, then full size."""
+        cache = session_cache(cache)
+        if not photo:
+            yield *_no_faces(), None, None, cache
+            return
+        self.service.require()
+        # Clear the previous outputs first: a failure below must not leave them on the page.
+        yield *(_no_faces() if reset else (gr.skip(), gr.skip())), None, None, cache
+        for step in self.service.analysis_steps(cache, photo, face_index, progress):
+            radio = gr.update(choices=step.choices, value=step.chosen, visible=step.several)
+            faces = gr.update(value=step.annotated, visible=step.several)
+            yield radio, faces, step.crop, step.reconstruction, cache
+
+    # -- edits
+    @friendly
+    def edit(self, progress: Any = PROGRESS, *, cache: Any, **settings: Any) -> Iterator:
+        """Edit button / Enter: the edits; with "auto strength" the slider moves to the strength
+        found."""
+        edit, cache = EditSettings(**settings), session_cache(cache)
+        for items, pair, status, used in self._edit_steps(edit, cache, progress):
+            yield items, pair, status, cache, used if edit.auto else gr.skip(), gr.skip()
+
+    @friendly
+    def preview(self, progress: Any = PROGRESS, *, cache: Any, **settings: Any) -> Iterator:
+        """The strength slider moving: preview-size renders, only of a face this session has
+        already inverted."""
+        yield from self._slider(EditSettings(**settings), session_cache(cache), progress, True)
+
+    @friendly
+    def release(self, progress: Any = PROGRESS, *, cache: Any, **settings: Any) -> Iterator:
+        """The strength slider released: the full size (the drag showed the preview)."""
+        yield from self._slider(EditSettings(**settings), session_cache(cache), progress, False)
+
+    def _slider(
+        self, edit: EditSettings, cache: SessionCache, progress: Any, moving: bool
+    ) -> Iterator:
+        """Quiet when there is nothing to edit yet; the user sets the strength by hand, so
+        "auto strength" is switched off."""
+        service = self.service
+        ready = bool(edit.photo) and bool((edit.prompt or "").strip()) and service.pipe is not None
+        if not ready or (moving and not service.has_inversion(cache, edit.photo, edit.face_index)):
+            yield gr.skip(), gr.skip(), gr.skip(), cache, gr.skip(), gr.skip()
+            return
+        resolutions = service.resolutions[:1] if moving else service.resolutions[-1:]
+        by_hand = dataclasses.replace(edit, auto=False)
+        steps = self._edit_steps(by_hand, cache, progress, resolutions, finished=not moving)
+        for items, pair, status, _used in steps:
+            yield items, pair, status, cache, gr.skip(), False
+
+    @friendly
+    def edit_api(
+        self,
+        photo: str | None,
+        prompt: str | None,
+        strength: float | str | None,
+        seed: int | None,
+        samples: int | None,
+        cache: Any,
+        progress: Any = PROGRESS,
+    ) -> Iterator:
+        """One call: photo + prompt -> edited photos (largest face, pasted back, full size)."""
+        # Face 0 (the largest), spread 0.5, pasted back: the defaults of EditSettings.
+        edit = EditSettings(
+            photo=photo,
+            prompt=prompt,
+            source_prompt=None,
+            strength=strength,
+            samples=samples,
+            seed=seed,
+        )
+        cache = session_cache(cache)
+        for step in self._edit_steps(edit, cache, progress):
+            yield step.items, cache
+
+    def _edit_steps(
+        self,
+        edit: EditSettings,
+        cache: SessionCache,
+        progress: Any,
+        resolutions: Sequence[int] | None = None,
+        finished: bool = True,
+    ) -> Iterator:
+        """The service's edit steps for these settings: one per render size."""
+        strength = AUTO_STRENGTH if edit.auto else edit.strength  # else as given, "auto" too
+        return self.service.edit_steps(
+            cache,
+            edit.photo,
+            edit.face_index,
+            edit.prompt,
+            edit.source_prompt,
+            strength,
+            edit.samples,
+            edit.diversity,
+            edit.seed,
+            edit.paste,
+            progress,
+            gr.Warning,
+            resolutions,
+            finished,
+        )
+
+    def compare(self, gallery: Any, cache: Any, evt: gr.SelectData) -> Any:
+        """A result clicked: it goes into the before/after comparison."""
+        pair = compare_pair(gallery, cache, evt.index)
+        return gr.skip() if pair is None else pair
+
+    # -- the other tabs
+    @friendly
+    def sweep(
+        self,
+        progress: Any = PROGRESS,
+        *,
+        max_strength: float | None,
+        frames: int | None,
+        cache: Any,
+        **settings: Any,
+    ) -> tuple[str, SessionCache]:
+        """An animation of sample 1 from -max_strength to +max_strength and back."""
+        self.service.require()
+        edit = EditSettings(**settings)
+        cache = session_cache(cache)
+        name = self.service.sweep(
+            cache,
+            edit.photo,
+            edit.face_index,
+            edit.prompt,
+            edit.source_prompt,
+            max_strength,
+            frames,
+            edit.diversity,
+            edit.seed,
+            edit.paste,
+            progress,
+            gr.Warning,
+        )
+        return name, cache
+
+    @friendly
+    def generate(
+        self, prompt: str | None, samples: int | None, seed: int | None, progress: Any = PROGRESS
+    ) -> Iterator:
+        """Text to image: faces generated from a prompt (preview size, then full size)."""
+        yield from self.service.generate_steps(prompt, samples, seed, progress, gr.Warning)
