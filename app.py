@@ -11,6 +11,8 @@ Options (flag / environment variable):
   --no-download              CSLA_NO_DOWNLOAD=1       never download weights at start-up
   --max-resolution N         CSLA_APP_MAX_RESOLUTION  cap on rendered size (power of two, e.g. 256)
   --keep-allocator           CSLA_KEEP_ALLOCATOR=1    leave glibc's malloc alone (less memory, slower)
+  --without-mappers          CSLA_WITHOUT_MAPPERS=1   start as a first run: calibrate mappers while serving
+  --calibration-samples N    CSLA_CALIBRATION_SAMPLES first-run calibration bank size (default 1000)
   --share                                             public gradio.live link
 The address comes from GRADIO_SERVER_NAME / GRADIO_SERVER_PORT (gradio's own variables).
 """
@@ -35,6 +37,7 @@ from csla_app.model import PortraitEditor
 from csla_app.settings import EditSettings
 from csla_core.errors import WeightsError
 from csla_core.service import SESSION_TTL_S
+from csla_core.training.calibrate import CalibrationConfig
 
 __all__ = ["build_demo", "launch_options", "main", "user_error"]
 
@@ -95,6 +98,13 @@ def header(editor: PortraitEditor) -> None:
         )
     elif editor.notice:
         gr.Markdown(f"### ⚠️ {editor.notice}", elem_id="csla-notice")
+    # First run: the calibration's progress, refreshed by a timer until the mappers are ready.
+    preparing = gr.Markdown(
+        editor.preparing, elem_id="csla-preparing", visible=bool(editor.preparing)
+    )
+    timer = gr.Timer(2.0, active=editor.preparation is not None)
+    timer.tick(editor.preparation_tick, outputs=[preparing, timer], api_name=False,
+               show_progress="hidden", concurrency_id="calibration")  # fmt: skip
 
 
 def photo_row() -> dict:
@@ -414,14 +424,24 @@ def build_demo(
     max_resolution: int | None = None,
     concurrency_limit: int = 1,
     sweep_dir: str | os.PathLike | None = None,
+    prepare_mappers: bool = True,
+    calibration: CalibrationConfig | None = None,
 ) -> gr.Blocks:
     """The whole app around a loaded pipeline, or around the error that prevented loading it.
 
     ``max_resolution`` caps the rendered size (a power of two; None = the generator's 1024);
     ``concurrency_limit`` is how many model calls run at once (all events together).
+    Without mappers for the loaded models, ``prepare_mappers`` calibrates them in the background
+    (``calibration``: its settings) while edits use the optimisation fallback.
     """
     gradio_fixes.install()
-    editor = PortraitEditor(pipe_or_error, max_resolution=max_resolution, sweep_dir=sweep_dir)
+    editor = PortraitEditor(
+        pipe_or_error,
+        max_resolution=max_resolution,
+        sweep_dir=sweep_dir,
+        prepare_mappers=prepare_mappers,
+        calibration=calibration,
+    )
     with gr.Blocks(title="CSLA portrait editor", delete_cache=(1800, 3600)) as demo:
         # Per-session cache; dropped SESSION_TTL_S after its last update (or when the tab closes).
         cache = gr.State(None, time_to_live=SESSION_TTL_S)
@@ -494,6 +514,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="leave glibc's malloc settings alone: about 0.2 GB less resident memory, 1024 px "
         "renders about 0.2 s slower on CPU (env CSLA_KEEP_ALLOCATOR=1; csla_core/runtime.py)",
     )
+    parser.add_argument(
+        "--without-mappers",
+        action="store_true",
+        default=_env_flag("CSLA_WITHOUT_MAPPERS"),
+        help="load no mappers, as on a first run: the app calibrates them while it serves "
+        "(with --random-weights: try the first-run flow; env CSLA_WITHOUT_MAPPERS=1)",
+    )
+    parser.add_argument(
+        "--calibration-samples",
+        type=int,
+        default=_env_int("CSLA_CALIBRATION_SAMPLES") or CalibrationConfig.n_samples,
+        help="first-run calibration bank size (env CSLA_CALIBRATION_SAMPLES; default "
+        "%(default)s, about 10 min on 2 CPU cores)",
+    )
     parser.add_argument("--share", action="store_true", help="create a public gradio.live link")
     return parser.parse_args(argv)
 
@@ -507,6 +541,7 @@ def load(args: argparse.Namespace) -> csla_core.CSLAPipeline | BaseException:
             checkpoint_dir=args.checkpoint_dir,
             allow_download=not args.no_download,
             tune_allocator=not args.keep_allocator,
+            with_mappers=not args.without_mappers,
         )
     except WeightsError as exc:
         LOG.error("Model weights are missing: %s", exc)
@@ -523,7 +558,8 @@ def main(argv: list[str] | None = None) -> None:
     pipe_or_error = load(args)
     if isinstance(pipe_or_error, csla_core.CSLAPipeline) and pipe_or_error.notice:
         LOG.warning(pipe_or_error.notice)
-    demo = build_demo(pipe_or_error, max_resolution=args.max_resolution)
+    calibration = CalibrationConfig(n_samples=args.calibration_samples, chunk=4)
+    demo = build_demo(pipe_or_error, max_resolution=args.max_resolution, calibration=calibration)
     demo.launch(share=args.share, **launch_options())
 
 

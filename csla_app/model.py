@@ -8,6 +8,7 @@ components' updates. Errors become messages (``friendly``).
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -22,17 +23,21 @@ import csla_core
 from csla_core.service import (
     AUTO_STRENGTH,
     EditingService,
+    MapperPreparation,
     SessionCache,
     compare_pair,
     session_cache,
 )
+from csla_core.training.calibrate import CalibrationConfig, CalibrationResult
 
 from .errors import friendly
 from .settings import EditSettings
 
+LOG = logging.getLogger("csla.app")
 PROGRESS = gr.Progress()  # the handlers' progress-tracker default (gradio fills it per request)
 GPU_DURATION_S = 60  # ZeroGPU time slot per model call
 EDIT_GPU_DURATION_S = 120  # an edit may fall back to the optimisation baseline (no mappers)
+CALIBRATION_SLICE_S = 45  # ZeroGPU: calibration work per GPU slot (the slot is GPU_DURATION_S)
 
 
 def zero_gpu(name: str, fn: Callable) -> Callable:
@@ -60,13 +65,24 @@ class PortraitEditor:
         *,
         max_resolution: int | None = None,
         sweep_dir: str | os.PathLike | None = None,
+        prepare_mappers: bool = True,
+        calibration: CalibrationConfig | None = None,
     ):
+        # First run: no mappers for these models yet, so they are made while the app serves.
+        pipe = pipe_or_error if isinstance(pipe_or_error, csla_core.CSLAPipeline) else None
+        self.preparation = None
+        if prepare_mappers and pipe is not None and pipe.mappers is None and pipe.clip is not None:
+            self.preparation = MapperPreparation(pipe, calibration, on_done=_log_self_check)
         self.service = EditingService(
             pipe_or_error,
             max_resolution=max_resolution,
             sweep_dir=sweep_dir,
             wrap_model_call=zero_gpu,
+            preparation=self.preparation,
         )
+        # On ZeroGPU the GPU is only lent to events: the page's timer runs calibration slices.
+        if self.preparation is not None and not spaces.config.Config.zero_gpu:
+            self.preparation.start()
 
     # -- what the layout shows
     @property
@@ -81,6 +97,26 @@ class PortraitEditor:
     @property
     def default_frames(self) -> int:
         return self.service.default_frames
+
+    @property
+    def preparing(self) -> str:
+        """The first-run calibration's progress for the page ("" when there is none)."""
+        return self.service.preparing
+
+    def preparation_tick(self) -> tuple:
+        """The page's timer: the progress line, and whether to keep ticking."""
+        if self.preparation is None:
+            return gr.update(visible=False), gr.Timer(active=False)
+        if spaces.config.Config.zero_gpu:
+            self._calibration_slice()
+        status = self.preparation.status
+        return gr.update(value=status.message, visible=True), gr.Timer(
+            active=status.state == "running"
+        )
+
+    @spaces.GPU(duration=GPU_DURATION_S)
+    def _calibration_slice(self) -> None:
+        self.preparation.run_slice(CALIBRATION_SLICE_S)
 
     # -- photo and face
     @friendly
@@ -241,3 +277,13 @@ class PortraitEditor:
     ) -> Iterator:
         """Text to image: faces generated from a prompt (preview size, then full size)."""
         yield from self.service.generate_steps(prompt, samples, seed, progress, gr.Warning)
+
+
+def _log_self_check(pipe: csla_core.CSLAPipeline, result: CalibrationResult) -> None:
+    """Once after calibration: do the new mappers find the published smile / age directions?"""
+    from csla_core.evaluation.check import check_mappers, format_checks
+
+    try:
+        LOG.info("mapper self-check:\n%s", format_checks(check_mappers(pipe), pipe.random_weights))
+    except Exception:  # a diagnostic: never worth breaking the app for
+        LOG.exception("mapper self-check failed")

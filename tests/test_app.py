@@ -490,3 +490,54 @@ def test_browser_upload_prompt_release_slider_gives_a_gallery(server, browser):
         assert not auto.is_checked()
     finally:
         page.close()
+
+
+@pytest.mark.slow
+def test_browser_first_run_edits_with_the_fallback_then_switches_to_csla(browser, monkeypatch):
+    """`python app.py --random-weights --without-mappers`: no mappers, as on a real first run.
+    The page shows the calibration's progress, edits meanwhile use the labelled fallback, and
+    once the mappers are ready the next edit is a CSLA edit, without a restart."""
+    import threading
+
+    import csla_core
+    from csla_app import model
+    from csla_core.training.calibrate import CalibrationConfig
+
+    gate = threading.Event()  # calibration starts when the test has seen the fallback
+
+    class GatedPreparation(model.MapperPreparation):
+        def _run(self):
+            gate.wait(300)
+            super()._run()
+
+    monkeypatch.setattr(model, "MapperPreparation", GatedPreparation)
+    pipe = csla_core.load_pipeline(random_weights=True, device="cpu", with_mappers=False)
+    pipe.baseline_steps = 2  # the fallback's cost is not what this test is about
+    calibration = CalibrationConfig(n_samples=16, chunk=4, min_samples=4)
+    demo = app.build_demo(pipe, max_resolution=64, calibration=calibration)
+    url = launch(demo)
+    page = browser.new_page(viewport={"width": 1400, "height": 1600})
+    status = "document.querySelector('#status').innerText"
+    preparing = "document.querySelector('#csla-preparing').innerText"
+    try:
+        page.goto(url, wait_until="load")
+        page.wait_for_selector("#photo input[type=file]", state="attached", timeout=60_000)
+        page.wait_for_function(f"{preparing}.includes('Preparing CSLA for these models')")
+        page.locator("#photo input[type=file]").set_input_files(str(ASTRONAUT))
+        page.locator("#prompt textarea").fill("smiling")
+        page.locator("#edit").click()
+        # (each edit is awaited to its full-size render: none may still run when the test ends)
+        done = f"!{status}.includes('preview')"
+        page.wait_for_function(
+            f"{status}.includes('optimisation baseline') && {done}", timeout=150_000
+        )
+        gate.set()
+        # The progress line moves on and ends with the mappers in use.
+        page.wait_for_function(f"{preparing}.includes('ready')", timeout=300_000)
+        page.locator("#edit").click()
+        page.wait_for_function(f"{status}.includes('CSLA mappers') && {done}", timeout=150_000)
+        assert pipe.mappers is not None
+    finally:
+        gate.set()
+        page.close()
+        demo.close()

@@ -59,3 +59,17 @@ def test_a_failed_calibration_is_reported_and_the_fallback_keeps_working(tmp_pat
     assert prep.status.state == "failed" and "fallback" in prep.status.message
     assert pipe.mappers is None
     assert pipe.edit(pipe.latent_avg[None], "smiling").method == BASELINE_METHOD
+
+
+def test_zero_gpu_calibrates_in_slices_that_resume_the_saved_bank(tmp_path):
+    pipe = load_pipeline(random_weights=True, device="cpu", size=32, tiny_clip=True,
+                         with_mappers=False)  # fmt: skip
+    config = CalibrationConfig(
+        n_samples=12, chunk=4, min_samples=4, mappers=TrainConfig(max_resolution=32)
+    )
+    prep = MapperPreparation(pipe, config, output_dir=tmp_path)
+    slices = []
+    while not prep.run_slice(seconds=0.0):  # each slice renders one chunk, then stops
+        slices.append(prep.status.done)
+        assert pipe.mappers is None and len(slices) < 10
+    assert slices == [4, 8] and prep.status.state == "done" and pipe.mappers is not None

@@ -13,11 +13,16 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..pipeline import CSLAPipeline
-from ..training.calibrate import CalibrationConfig, CalibrationResult, calibrate_pipeline
+from ..training.calibrate import (
+    CalibrationConfig,
+    CalibrationPaused,
+    CalibrationResult,
+    calibrate_pipeline,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -79,25 +84,43 @@ class MapperPreparation:
         if self._first_done is None:  # samples read back from a saved bank cost nothing
             self._first_done = (done, time.monotonic())
 
+    def run_slice(self, seconds: float) -> bool:
+        """Calibrate for about ``seconds`` in the caller's thread (a ZeroGPU slot), then stop;
+        True once the mappers are in use. The next slice resumes the saved bank."""
+        if self._state != "running":
+            return self._state == "done"
+        config = replace(self.config, minutes=seconds / 60, fit_partial=False)
+        try:
+            self._calibrate(config, between_chunks=None)
+        except CalibrationPaused:
+            return False
+        return self._state == "done"
+
     def _run(self) -> None:
+        self._calibrate(self.config, between_chunks=self._wait_for_idle)
+
+    def _calibrate(self, config: CalibrationConfig, between_chunks) -> None:
         try:
             self.result = calibrate_pipeline(
                 self.pipe,
-                self.config,
+                config,
                 output_dir=self.output_dir,
                 progress=self._progress,
-                between_chunks=self._wait_for_idle,
+                between_chunks=between_chunks,
                 show_bar=False,
             )
-            self._state = "done"
             logger.info(
                 "CSLA mappers ready (%d samples, %.0f s): %s",
                 self.result.n_samples,
                 sum(self.result.seconds.values()),
                 self.result.path,
             )
+            # Edits already use the mappers; "done" is said once this thread's work is over.
             if self.on_done is not None:
                 self.on_done(self.pipe, self.result)
+            self._state = "done"
+        except CalibrationPaused:
+            raise
         except Exception as exc:  # reported on the page; the fallback keeps working
             self._state, self._error = "failed", f"{type(exc).__name__}: {exc}"
             logger.exception("calibration failed")

@@ -52,6 +52,9 @@ class CalibrationConfig:
     chunk: int = 16  # samples per saved bank file (what an interruption can lose)
     minutes: float | None = 9.0  # stop rendering when this is spent (keeps at least min_samples)
     min_samples: int = 64
+    # False: when the time is spent, stop without fitting (CalibrationPaused); a later run
+    # resumes the bank (ZeroGPU runs calibration in slices of a GPU slot this way).
+    fit_partial: bool = True
     seed: int = 0
     margin: float = 4.0  # the placed map is exact for inputs within margin x the bank's range
     mappers: TrainConfig = field(default_factory=TrainConfig)
@@ -60,6 +63,15 @@ class CalibrationConfig:
     def tiny(cls, **overrides: object) -> CalibrationConfig:
         """The tiny CPU models (tests, demos): 512 samples, 8 px renders."""
         return cls(**{"n_samples": 512, "chunk": 64, "mappers": TrainConfig.tiny(), **overrides})
+
+
+class CalibrationPaused(Exception):
+    """The time was spent before the bank was complete (``fit_partial=False``); the bank so
+    far is saved and the next run resumes it."""
+
+    def __init__(self, done: int, total: int) -> None:
+        super().__init__(f"calibration paused at {done}/{total} samples")
+        self.done, self.total = done, total
 
 
 @dataclass
@@ -155,7 +167,7 @@ def render_bank(
     n_chunks = math.ceil(cfg.n_samples / cfg.chunk)
     deadline = None if cfg.minutes is None else time.monotonic() + 60 * cfg.minutes
     parts: list[Samples] = []
-    done = 0
+    done = rendered = 0
     bar = tqdm(total=cfg.n_samples, desc="csla calibrate", unit="sample", disable=not show_bar)
     for i in range(n_chunks):
         size = min(cfg.chunk, cfg.n_samples - i * cfg.chunk)
@@ -164,8 +176,13 @@ def render_bank(
             saved = torch.load(path, map_location="cpu", weights_only=True)
             part = Samples(saved["wplus"], saved["features"])
         else:
-            if deadline is not None and time.monotonic() > deadline and done >= cfg.min_samples:
-                break  # the time budget is spent: fit on what there is
+            if deadline is not None and time.monotonic() > deadline:
+                if not cfg.fit_partial:
+                    if rendered:  # each run renders at least one chunk
+                        bar.close()
+                        raise CalibrationPaused(done, cfg.n_samples)
+                elif done >= cfg.min_samples:
+                    break  # the time budget is spent: fit on what there is
             part = sample_batch(
                 generator,
                 clip,
@@ -178,6 +195,7 @@ def render_bank(
                 noise_mode=train_cfg.noise_mode,
             )
             part = Samples(part.wplus.cpu(), part.features.cpu())
+            rendered += 1
             partial = path.with_suffix(".tmp")
             torch.save({"wplus": part.wplus, "features": part.features}, partial)
             partial.replace(path)  # a killed run never leaves a half-written chunk behind
