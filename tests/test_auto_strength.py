@@ -63,8 +63,10 @@ def test_photo_edit_command_accepts_auto_strength(tmp_path, capsys):
 
     missing = str(tmp_path / "missing.jpg")
     # "auto" parses (the command then stops at the missing photo, before loading any model) ...
-    assert cli.main(["edit", missing, "smiling", "--strength", "auto",
-                     "--target-clip-gain", "0.03"]) == 2
+    assert (
+        cli.main(["edit", missing, "smiling", "--strength", "auto", "--target-clip-gain", "0.03"])
+        == 2
+    )
     assert "does not exist" in capsys.readouterr().err
     # ... while a word that is not a strength is refused by the parser.
     with pytest.raises(SystemExit) as exc:

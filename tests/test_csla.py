@@ -111,8 +111,7 @@ def test_image_encoding_applies_clip_normalisation(tiny):
     images = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
     images.requires_grad_(True)
     got = clip.encode_images(images)
-    x = F.interpolate((images.detach() + 1) / 2, size=(32, 32), mode="bicubic",
-                      align_corners=False)
+    x = F.interpolate((images.detach() + 1) / 2, size=(32, 32), mode="bicubic", align_corners=False)
     mean = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)
     std = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)
     want = F.normalize(clip.model.encode_image((x - mean) / std), dim=-1)
@@ -132,15 +131,18 @@ def test_mapper_layout_matches_generator(tiny):
     cfg = mapper_config_for(generator, 64)
     assert cfg.row_groups() == [(0, 4), (4, 8)]
     styles = generator.styles_from_wplus(_face(generator, 0, n=2))
-    assert all(torch.equal(a, b) for a, b in
-               zip(split_styles(flatten_styles(styles), cfg.style_dims), styles))
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(split_styles(flatten_styles(styles), cfg.style_dims), styles)
+    )
 
 
 def test_mapper_save_load_roundtrip_and_rejects_pickle(tiny, tmp_path):
     generator, _ = tiny
     torch.manual_seed(1)
-    mappers = CSLAMappers(mapper_config_for(generator, 64, hidden_dim=32, depth=2,
-                                            mixing="both", mixing_hidden=8))
+    mappers = CSLAMappers(
+        mapper_config_for(generator, 64, hidden_dim=32, depth=2, mixing="both", mixing_hidden=8)
+    )
     with torch.no_grad():  # make every buffer and the zero-initialised layers non-trivial
         for p in mappers.parameters():
             p.add_(0.05 * torch.randn_like(p))
@@ -181,9 +183,11 @@ def test_clip_centre_standardises_to_unit_scale(mean, scale, seed):
 # ---------------------------------------------------------------------- training
 def test_training_beats_trivial_predictor(trained):
     out, stats, cfg = trained
-    print(f"\nheld-out residual error / trivial predictor after {cfg.steps} steps: "
-          f"W+ {stats['ratio_w']:.3f}, S {stats['ratio_s']:.3f}; "
-          f"sample generation {stats['samples_per_s']:.1f} samples/s")
+    print(
+        f"\nheld-out residual error / trivial predictor after {cfg.steps} steps: "
+        f"W+ {stats['ratio_w']:.3f}, S {stats['ratio_s']:.3f}; "
+        f"sample generation {stats['samples_per_s']:.1f} samples/s"
+    )
     # Measured 0.27, 0.24 and 0.87 (1 = the trivial predictor; cos 0 = unrelated directions).
     assert stats["ratio_w"] < 0.5
     assert stats["ratio_s"] < 0.5
@@ -205,8 +209,15 @@ def test_checkpoint_reloads_to_identical_outputs(tiny, trained):
     card = model_card(out, "someone/csla-tiny")
     assert "ratio_w" in card and "mappers.safetensors" in card
     # The reloaded mapper reproduces the held-out error the trainer measured in memory.
-    again = heldout_error(generator, clip, final, n=cfg.eval_samples, seed=cfg.eval_seed,
-                          truncation=cfg.truncation, max_resolution=cfg.max_resolution)
+    again = heldout_error(
+        generator,
+        clip,
+        final,
+        n=cfg.eval_samples,
+        seed=cfg.eval_seed,
+        truncation=cfg.truncation,
+        max_resolution=cfg.max_resolution,
+    )
     # Bit-identical here (the same computation); another evaluation seed: 7.8e-2.
     assert again["mse_w"] == pytest.approx(stats["mse_w"], rel=1e-5)
     assert again["mse_s"] == pytest.approx(stats["mse_s"], rel=1e-5)
@@ -214,13 +225,30 @@ def test_checkpoint_reloads_to_identical_outputs(tiny, trained):
 
 def test_resume_continues_exactly(tiny, tmp_path):
     generator, clip = tiny
-    small = dict(batch_size=8, pool_size=0, save_every=2, eval_samples=0, hidden_dim=32,
-                 mixing_hidden=8, latent_avg_samples=256, scale_samples=256, centre="temporal",
-                 log_every=1, mix_prob=0.5, clip_consistency=0.1, clip_consistency_batch=2)
+    small = dict(
+        batch_size=8,
+        pool_size=0,
+        save_every=2,
+        eval_samples=0,
+        hidden_dim=32,
+        mixing_hidden=8,
+        latent_avg_samples=256,
+        scale_samples=256,
+        centre="temporal",
+        log_every=1,
+        mix_prob=0.5,
+        clip_consistency=0.1,
+        clip_consistency_batch=2,
+    )
     train(generator, clip, TrainConfig.tiny(steps=4, **small), output_dir=tmp_path / "a")
     train(generator, clip, TrainConfig.tiny(steps=2, **small), output_dir=tmp_path / "b")
-    stats = train(generator, clip, TrainConfig.tiny(steps=4, **small), output_dir=tmp_path / "b",
-                  resume="latest")
+    stats = train(
+        generator,
+        clip,
+        TrainConfig.tiny(steps=4, **small),
+        output_dir=tmp_path / "b",
+        resume="latest",
+    )
     assert stats["generated_samples"] == 2 * 8  # only the two remaining steps were sampled
     assert stats["clip_consistency"] > 0
     a = CSLAMappers.load(tmp_path / "a" / "mappers.safetensors").state_dict()
@@ -295,8 +323,16 @@ def test_image_guided_edit_moves_towards_the_reference(tiny, editor):
         w = _face(generator, 100 + seed, n=2, latent_avg=la)
         with torch.no_grad():
             f = clip.encode_images(generator(w, max_resolution=RES))
-        res = editor.edit_with_embeddings(w[:1], f[1], f[0], strength=0.5, n_samples=1,
-                                          diversity=0.0, image_embedding=f[0], rank=False)
+        res = editor.edit_with_embeddings(
+            w[:1],
+            f[1],
+            f[0],
+            strength=0.5,
+            n_samples=1,
+            diversity=0.0,
+            image_embedding=f[0],
+            rank=False,
+        )
         closer.append(float((res.wplus - w[1:]).pow(2).mean() / (w[:1] - w[1:]).pow(2).mean()))
     print(f"\nimage-guided edit: squared distance to the reference / before = {closer}")
     assert sum(closer) / len(closer) < 0.85  # measured 0.49 (0.40-0.67)
@@ -330,8 +366,16 @@ def _gain(generator, clip, editor, w, strength, f, target, source=None, res=RES)
     """CLIP-similarity gain to ``target`` (an embedding) of an edit at ``strength``, measured as
     a user sees it (the S render)."""
     source = clip.neutral_embedding() if source is None else source
-    out = editor.edit_with_embeddings(w, target, source, strength=strength, n_samples=1,
-                                      diversity=0.0, rank=False, image_embedding=f)
+    out = editor.edit_with_embeddings(
+        w,
+        target,
+        source,
+        strength=strength,
+        n_samples=1,
+        diversity=0.0,
+        rank=False,
+        image_embedding=f,
+    )
     with torch.no_grad():
         image = generator.synthesize(out.styles, max_resolution=res)
         return float(clip.encode_images(image)[0] @ target - f @ target)
@@ -347,19 +391,24 @@ def test_auto_strength_reaches_the_target_clip_gain(tiny, editor):
     unit = _gain(generator, clip, editor, w[:1], 1.0, f_a, f_b, f_a)
     assert unit > 0  # stepping towards b's embedding makes the render more like b to CLIP
     for fraction in (0.3, 0.8):
-        search = calibrate_strength(editor, w[:1], f_b, f_a, target_gain=fraction * unit,
-                                    image_embedding=f_a)
-        print(f"\nauto strength: target gain {fraction * unit:.3e} -> strength "
-              f"{search.strength:.3f}, gain {search.gain:.3e} ({search.renders} renders)")
+        search = calibrate_strength(
+            editor, w[:1], f_b, f_a, target_gain=fraction * unit, image_embedding=f_a
+        )
+        print(
+            f"\nauto strength: target gain {fraction * unit:.3e} -> strength "
+            f"{search.strength:.3f}, gain {search.gain:.3e} ({search.renders} renders)"
+        )
         # 0.05: the search's own DEFAULT_TOLERANCE (measured 0.018-0.020).
         assert search.reached and abs(search.gain - fraction * unit) <= 0.05 * fraction * unit
         assert search.renders <= 8
         # What it reports is what an edit at that strength gives: bit-identical here (the same
         # render); 1% off in strength moves the gain by 0.6-1.1%.
         assert _gain(generator, clip, editor, w[:1], search.strength, f_a, f_b, f_a) == (
-            pytest.approx(search.gain, rel=1e-4, abs=1e-9))
-    out_of_reach = calibrate_strength(editor, w[:1], f_b, f_a, target_gain=2.5,
-                                      image_embedding=f_a)  # cosines differ by <= 2
+            pytest.approx(search.gain, rel=1e-4, abs=1e-9)
+        )
+    out_of_reach = calibrate_strength(
+        editor, w[:1], f_b, f_a, target_gain=2.5, image_embedding=f_a
+    )  # cosines differ by <= 2
     assert not out_of_reach.reached and abs(out_of_reach.strength) <= 3.0
     assert "could not reach" in out_of_reach.describe()
 
@@ -367,8 +416,14 @@ def test_auto_strength_reaches_the_target_clip_gain(tiny, editor):
 def test_pipeline_edit_with_auto_strength(tiny, trained):
     generator, clip = tiny
     mappers = CSLAMappers.load(trained[0] / "mappers.safetensors")
-    pipe = CSLAPipeline(generator=generator, encoder=None, latent_avg=mappers.latent_avg,
-                        device=torch.device("cpu"), clip=clip, mappers=mappers)
+    pipe = CSLAPipeline(
+        generator=generator,
+        encoder=None,
+        latent_avg=mappers.latent_avg,
+        device=torch.device("cpu"),
+        clip=clip,
+        mappers=mappers,
+    )
     w = _face(generator, 12, latent_avg=mappers.latent_avg)
     f = pipe.image_embedding(w)
     editor = pipe.editor()
@@ -381,8 +436,9 @@ def test_pipeline_edit_with_auto_strength(tiny, trained):
     prompt = max(("a smiling face", "an old face", "a face with glasses", "a child"), key=gain)
     target = 0.5 * gain(prompt)
     assert target > 0
-    auto = pipe.edit(w, prompt, strength="auto", target_clip_gain=target, n_samples=2,
-                     image_embedding=f)
+    auto = pipe.edit(
+        w, prompt, strength="auto", target_clip_gain=target, n_samples=2, image_embedding=f
+    )
     search = auto.strength_search
     assert search is not None and search.reached and auto.strength == search.strength
     assert abs(search.gain - target) <= 0.05 * target and not auto.notices  # DEFAULT_TOLERANCE
@@ -391,8 +447,9 @@ def test_pipeline_edit_with_auto_strength(tiny, trained):
     assert torch.equal(typed.wplus, auto.wplus) and typed.strength_search is None
     still = pipe.edit(w, prompt, strength=0.0, n_samples=2, image_embedding=f)
     assert still.strength == 0.0 and torch.equal(still.wplus, w.expand(2, -1, -1))
-    far = pipe.edit(w, prompt, strength="auto", target_clip_gain=2.5, n_samples=1,
-                    image_embedding=f)
+    far = pipe.edit(
+        w, prompt, strength="auto", target_clip_gain=2.5, n_samples=1, image_embedding=f
+    )
     assert not far.strength_search.reached and "could not reach" in far.notices[0]
     with pytest.raises(ValueError):
         pipe.edit(w, prompt, strength="strong")
@@ -413,8 +470,9 @@ def test_optimisation_baseline_raises_clip_similarity(tiny):
     assert res.final_similarity > res.clip_trace[0] + 1e-3  # measured +0.088
     assert flags == [p.requires_grad for p in generator.parameters()]  # flags restored
     # The L2 term anchors the code: a heavy weight keeps it closer to the start.
-    tight = optimise_latent(generator, clip, w, PROMPT,
-                            OptimisationConfig(steps=20, max_resolution=RES, l2_weight=5.0))
+    tight = optimise_latent(
+        generator, clip, w, PROMPT, OptimisationConfig(steps=20, max_resolution=RES, l2_weight=5.0)
+    )
     assert (tight.wplus - w).norm() < (res.wplus - w).norm()
     edit = LatentOptimiser(generator, clip, OptimisationConfig(steps=3, max_resolution=RES))
     assert torch.equal(edit.edit(w, PROMPT, strength=0.0).wplus, w)
@@ -436,9 +494,17 @@ def test_evaluate_table(tiny, editor):
     def face_embed(images):  # a stand-in face embedder: the downsampled pixels
         return F.adaptive_avg_pool2d(images, 4).flatten(1)
 
-    table = evaluate(generator, clip, editor=editor, prompts=[PROMPT], n_images=1, n_samples=3,
-                     baseline=OptimisationConfig(steps=3, max_resolution=RES),
-                     render_resolution=RES, identity_fn=face_embed)
+    table = evaluate(
+        generator,
+        clip,
+        editor=editor,
+        prompts=[PROMPT],
+        n_images=1,
+        n_samples=3,
+        baseline=OptimisationConfig(steps=3, max_resolution=RES),
+        render_resolution=RES,
+        identity_fn=face_embed,
+    )
     csla, base = table.row("CSLA"), table.row("optimisation baseline")
     assert isinstance(csla["clip_score"], float) and isinstance(base["clip_score"], float)
     assert isinstance(csla["identity"], float) and -1.0 <= csla["identity"] <= 1.0
@@ -446,8 +512,15 @@ def test_evaluate_table(tiny, editor):
     assert csla["lpips"] == UNAVAILABLE  # lpips is not installed here
     assert csla["seconds_per_edit"] > 0 and base["seconds_per_edit"] > 0
     assert "| CSLA |" in table.to_markdown()
-    no_id = evaluate(generator, clip, editor=editor, prompts=[PROMPT], n_images=1, n_samples=2,
-                     render_resolution=RES)
+    no_id = evaluate(
+        generator,
+        clip,
+        editor=editor,
+        prompts=[PROMPT],
+        n_images=1,
+        n_samples=2,
+        render_resolution=RES,
+    )
     assert no_id.row("CSLA")["identity"] == UNAVAILABLE
 
 

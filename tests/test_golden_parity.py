@@ -35,7 +35,12 @@ def e_golden():
 @pytest.fixture(scope="module")
 def generator_state():
     manifest = load_manifest("stylegan2_ffhq1024")
-    assert manifest["config"] == {"size": 1024, "style_dim": 512, "n_mlp": 8, "channel_multiplier": 2}
+    assert manifest["config"] == {
+        "size": 1024,
+        "style_dim": 512,
+        "n_mlp": 8,
+        "channel_multiplier": 2,
+    }
     generator = Generator(GeneratorConfig(**manifest["config"]))
     return recipe_state_dict(generator, manifest, equalized=True)
 
@@ -57,7 +62,9 @@ def check_image(image: torch.Tensor, golden: dict, prefix: str) -> None:
     assert image.shape == (1, 3, 1024, 1024)
     assert relative_error(F.avg_pool2d(image, 16), golden[f"{prefix}_pool16"]) < TOL
     assert relative_error(image[..., 496:528, 496:528], golden[f"{prefix}_crop"]) < TOL
-    assert abs(float(image.mean()) - float(golden[f"{prefix}_mean"])) < TOL * float(golden[f"{prefix}_std"])
+    assert abs(float(image.mean()) - float(golden[f"{prefix}_mean"])) < TOL * float(
+        golden[f"{prefix}_std"]
+    )
     assert float(image.std()) == pytest.approx(float(golden[f"{prefix}_std"]), rel=TOL)
 
 
@@ -122,7 +129,12 @@ def e4e_checkpoint_file(tmp_path_factory, generator_state, encoder_state):
     state = {f"encoder.{k}": v for k, v in encoder_state.items()}
     state.update({f"decoder.{k}": v for k, v in generator_state.items()})
     latent_avg = torch.randn(18, 512, generator=torch.Generator().manual_seed(7))
-    opts = {"encoder_type": "Encoder4Editing", "stylegan_size": 1024, "start_from_latent_avg": True, "lr": 0.0001}
+    opts = {
+        "encoder_type": "Encoder4Editing",
+        "stylegan_size": 1024,
+        "start_from_latent_avg": True,
+        "lr": 0.0001,
+    }
     path = tmp_path_factory.mktemp("e4e") / "e4e_ffhq_encode.pt"
     torch.save({"state_dict": state, "latent_avg": latent_avg, "opts": opts}, path)
     return path, latent_avg

@@ -298,7 +298,11 @@ def test_auto_strength_reports_the_strength_found(tmp_path, photo, typed):
     (manual,) = service.edit_steps(SessionCache(), photo, 0, "smiling", None, 0.4, 1, 0.5, 3, False)
     assert manual.strength == 0.4 and "(auto)" not in manual.status
     with pytest.raises(svc.InvalidSettingError, match="strength must be a finite number"):
-        next(service.edit_steps(SessionCache(), photo, 0, "smiling", None, "strong", 1, 0.5, 3, False))
+        next(
+            service.edit_steps(
+                SessionCache(), photo, 0, "smiling", None, "strong", 1, 0.5, 3, False
+            )
+        )
 
 
 def test_edit_steps_crops_and_the_comparison(tmp_path, photo):

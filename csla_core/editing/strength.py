@@ -52,17 +52,26 @@ class StrengthSearch:
 
     def describe(self) -> str:
         if self.reached:
-            return (f"auto strength {self.strength:+.3f}: CLIP gain {self.gain:+.4f} "
-                    f"(target {self.target_gain:+.4f}, {self.renders} renders)")
-        return (f"auto strength could not reach the CLIP gain {self.target_gain:+.4f} within "
-                f"strength +-{self.max_strength:g}; using {self.strength:+.3f} "
-                f"(gain {self.gain:+.4f})")
+            return (
+                f"auto strength {self.strength:+.3f}: CLIP gain {self.gain:+.4f} "
+                f"(target {self.target_gain:+.4f}, {self.renders} renders)"
+            )
+        return (
+            f"auto strength could not reach the CLIP gain {self.target_gain:+.4f} within "
+            f"strength +-{self.max_strength:g}; using {self.strength:+.3f} "
+            f"(gain {self.gain:+.4f})"
+        )
 
 
-def search_strength(gain_at: Callable[[float], float], target_gain: float, *,
-                    max_strength: float = DEFAULT_MAX_STRENGTH, first: float = 1.0,
-                    tolerance: float = DEFAULT_TOLERANCE,
-                    max_renders: int = DEFAULT_MAX_RENDERS) -> StrengthSearch:
+def search_strength(
+    gain_at: Callable[[float], float],
+    target_gain: float,
+    *,
+    max_strength: float = DEFAULT_MAX_STRENGTH,
+    first: float = 1.0,
+    tolerance: float = DEFAULT_TOLERANCE,
+    max_renders: int = DEFAULT_MAX_RENDERS,
+) -> StrengthSearch:
     """Find s in sign(target) * [0, max_strength] with gain_at(s) ~ target (see module doc).
 
     ``gain_at(0)`` is taken to be 0 (strength 0 is exactly the input) and never evaluated.
@@ -75,8 +84,9 @@ def search_strength(gain_at: Callable[[float], float], target_gain: float, *,
 
     def result(strength: float, gain: float) -> StrengthSearch:
         reached = abs(gain - target_gain) <= tolerance * goal
-        return StrengthSearch(strength, gain, float(target_gain), reached, len(tried),
-                              float(max_strength), tried)
+        return StrengthSearch(
+            strength, gain, float(target_gain), reached, len(tried), float(max_strength), tried
+        )
 
     if goal == 0:
         return result(0.0, 0.0)
@@ -126,13 +136,18 @@ def search_strength(gain_at: Callable[[float], float], target_gain: float, *,
 
 
 @torch.no_grad()
-def calibrate_strength(editor: TextEditor, wplus: torch.Tensor, target_embedding: torch.Tensor,
-                       source_embedding: torch.Tensor, *,
-                       target_gain: float = DEFAULT_TARGET_CLIP_GAIN,
-                       image_embedding: torch.Tensor | None = None,
-                       max_strength: float = DEFAULT_MAX_STRENGTH,
-                       tolerance: float = DEFAULT_TOLERANCE,
-                       max_renders: int = DEFAULT_MAX_RENDERS) -> StrengthSearch:
+def calibrate_strength(
+    editor: TextEditor,
+    wplus: torch.Tensor,
+    target_embedding: torch.Tensor,
+    source_embedding: torch.Tensor,
+    *,
+    target_gain: float = DEFAULT_TARGET_CLIP_GAIN,
+    image_embedding: torch.Tensor | None = None,
+    max_strength: float = DEFAULT_MAX_STRENGTH,
+    tolerance: float = DEFAULT_TOLERANCE,
+    max_renders: int = DEFAULT_MAX_RENDERS,
+) -> StrengthSearch:
     """The strength at which ``editor``'s edit of ``wplus`` [1, n_latent, D] raises the CLIP
     similarity to ``target_embedding`` by ``target_gain`` (see module doc)."""
     device = editor.device
@@ -143,20 +158,35 @@ def calibrate_strength(editor: TextEditor, wplus: torch.Tensor, target_embedding
     base = float(f_img @ target)
 
     def gain_at(strength: float) -> float:
-        res = editor.edit_with_embeddings(wplus, target, source_embedding, strength=strength,
-                                          n_samples=1, diversity=0.0, rank=False,
-                                          image_embedding=f_img)
-        image = editor.generator.synthesize(res.styles, editor.noise_mode,
-                                            editor.render_resolution)
+        res = editor.edit_with_embeddings(
+            wplus,
+            target,
+            source_embedding,
+            strength=strength,
+            n_samples=1,
+            diversity=0.0,
+            rank=False,
+            image_embedding=f_img,
+        )
+        image = editor.generator.synthesize(res.styles, editor.noise_mode, editor.render_resolution)
         return float(editor.clip.encode_images(image)[0] @ target) - base
 
-    return search_strength(gain_at, target_gain, max_strength=max_strength,
-                           tolerance=tolerance, max_renders=max_renders)
+    return search_strength(
+        gain_at,
+        target_gain,
+        max_strength=max_strength,
+        tolerance=tolerance,
+        max_renders=max_renders,
+    )
 
 
-def calibrate_prompt_strength(editor: TextEditor, wplus: torch.Tensor, target_prompt: str,
-                              source_prompt: str | None = None, **options: object
-                              ) -> StrengthSearch:
+def calibrate_prompt_strength(
+    editor: TextEditor,
+    wplus: torch.Tensor,
+    target_prompt: str,
+    source_prompt: str | None = None,
+    **options: object,
+) -> StrengthSearch:
     """``calibrate_strength`` for a text edit (source defaults to the neutral prompt)."""
     clip = editor.clip
     target = clip.encode_text([target_prompt])[0]

@@ -30,29 +30,52 @@ FaceEmbedder = Callable[[torch.Tensor], torch.Tensor]  # [B,3,H,W] in [-1,1] -> 
 
 MOBILEFACENET_INPUT = (112, 96)  # H, W
 # SphereFace's 5-point template for 96 x 112 crops (x, y in pixels): eyes, nose, mouth corners.
-SPHEREFACE_TEMPLATE = np.array([
-    [30.2946, 51.6963], [65.5318, 51.5014], [48.0252, 71.7366],
-    [33.5493, 92.3655], [62.7299, 92.2041],
-])
+SPHEREFACE_TEMPLATE = np.array(
+    [
+        [30.2946, 51.6963],
+        [65.5318, 51.5014],
+        [48.0252, 71.7366],
+        [33.5493, 92.3655],
+        [62.7299, 92.2041],
+    ]
+)
 # Mean 5 points of FFHQ's aligned faces at 512 px (the face template of facexlib / GFPGAN; eye
 # points on the pupils, like MTCNN's). Cross-check on the 4 FFHQ images in shared/real-assets:
 # MTCNN's eye points lie within 12 px of it at 1024 px, nose and mouth corners within 40 px
 # (expressions differ); MobileFaceNet embeddings of those images through this fixed template and
 # through MTCNN's own points have cosine 0.90-0.96 (different people: -0.2..0.36).
-FFHQ_TEMPLATE_512 = np.array([
-    [192.98138, 239.94708], [318.90277, 240.1936], [256.63416, 314.01935],
-    [201.26117, 371.41043], [313.08905, 371.15118],
-])
+FFHQ_TEMPLATE_512 = np.array(
+    [
+        [192.98138, 239.94708],
+        [318.90277, 240.1936],
+        [256.63416, 314.01935],
+        [201.26117, 371.41043],
+        [313.08905, 371.15118],
+    ]
+)
 # Bottleneck stages of MobileFaceNet: (expansion t, output channels c, repeats n, stride s).
-MOBILEFACENET_STAGES = ((2, 64, 5, 2), (4, 128, 1, 2), (2, 128, 6, 1), (4, 128, 1, 2),
-                        (2, 128, 2, 1))
+MOBILEFACENET_STAGES = (
+    (2, 64, 5, 2),
+    (4, 128, 1, 2),
+    (2, 128, 6, 1),
+    (4, 128, 1, 2),
+    (2, 128, 2, 1),
+)
 
 
 class ConvBN(nn.Module):
     """Convolution (no bias) + batch norm + optional PReLU; keys ``conv``, ``bn``, ``prelu``."""
 
-    def __init__(self, cin: int, cout: int, kernel: int | tuple[int, int], stride: int = 1,
-                 padding: int = 0, groups: int = 1, activation: bool = True) -> None:
+    def __init__(
+        self,
+        cin: int,
+        cout: int,
+        kernel: int | tuple[int, int],
+        stride: int = 1,
+        padding: int = 0,
+        groups: int = 1,
+        activation: bool = True,
+    ) -> None:
         super().__init__()
         self.conv = nn.Conv2d(cin, cout, kernel, stride, padding, groups=groups, bias=False)
         self.bn = nn.BatchNorm2d(cout)
@@ -71,10 +94,14 @@ class Bottleneck(nn.Module):
         hidden = cin * expansion
         self.residual = stride == 1 and cin == cout
         self.conv = nn.Sequential(
-            nn.Conv2d(cin, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.PReLU(hidden),
+            nn.Conv2d(cin, hidden, 1, bias=False),
+            nn.BatchNorm2d(hidden),
+            nn.PReLU(hidden),
             nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False),
-            nn.BatchNorm2d(hidden), nn.PReLU(hidden),
-            nn.Conv2d(hidden, cout, 1, bias=False), nn.BatchNorm2d(cout),
+            nn.BatchNorm2d(hidden),
+            nn.PReLU(hidden),
+            nn.Conv2d(hidden, cout, 1, bias=False),
+            nn.BatchNorm2d(cout),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -111,15 +138,18 @@ def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     src, dst = np.asarray(src, np.float64), np.asarray(dst, np.float64)
     # x' = a x - b y + tx ; y' = b x + a y + ty  -> linear in (a, b, tx, ty).
     rows = []
-    for (x, y) in src:
+    for x, y in src:
         rows += [[x, -y, 1.0, 0.0], [y, x, 0.0, 1.0]]
     (a, b, tx, ty), *_ = np.linalg.lstsq(np.array(rows), dst.reshape(-1), rcond=None)
     return np.array([[a, -b, tx], [b, a, ty]])
 
 
-def warp_faces(images: torch.Tensor, landmarks: np.ndarray,
-               template: np.ndarray = SPHEREFACE_TEMPLATE,
-               size: tuple[int, int] = MOBILEFACENET_INPUT) -> torch.Tensor:
+def warp_faces(
+    images: torch.Tensor,
+    landmarks: np.ndarray,
+    template: np.ndarray = SPHEREFACE_TEMPLATE,
+    size: tuple[int, int] = MOBILEFACENET_INPUT,
+) -> torch.Tensor:
     """Images [B, 3, H, W] in [-1, 1] whose faces have 5 points ``landmarks`` ([5, 2], or
     [B, 5, 2]; pixel-index coordinates) -> crops [B, 3, size] in [-1, 1] with the points on
     ``template``. Outside the image is black. Large faces are first shrunk with antialiasing
@@ -136,8 +166,9 @@ def warp_faces(images: torch.Tensor, landmarks: np.ndarray,
             factor = scale * 1.25
             h, w = image.shape[-2:]
             out_h, out_w = max(1, round(h * factor)), max(1, round(w * factor))
-            image = F.interpolate(image, size=(out_h, out_w), mode="bilinear",
-                                  align_corners=False, antialias=True)
+            image = F.interpolate(
+                image, size=(out_h, out_w), mode="bilinear", align_corners=False, antialias=True
+            )
             pts = (pts + 0.5) * np.array([out_w / w, out_h / h]) - 0.5
             matrix = similarity_transform(pts, template)
         crops.append(_affine_sample(image, matrix, size))
@@ -149,15 +180,18 @@ def _affine_sample(image: torch.Tensor, matrix: np.ndarray, size: tuple[int, int
     h, w = image.shape[-2:]
     full = np.vstack([matrix, [0.0, 0.0, 1.0]])
     inverse = torch.tensor(np.linalg.inv(full)[:2], dtype=torch.float32, device=image.device)
-    ys, xs = torch.meshgrid(torch.arange(size[0], dtype=torch.float32, device=image.device),
-                            torch.arange(size[1], dtype=torch.float32, device=image.device),
-                            indexing="ij")
+    ys, xs = torch.meshgrid(
+        torch.arange(size[0], dtype=torch.float32, device=image.device),
+        torch.arange(size[1], dtype=torch.float32, device=image.device),
+        indexing="ij",
+    )
     ones = torch.ones_like(xs)
     src = torch.stack([xs, ys, ones], dim=-1) @ inverse.T  # [h, w, 2] source pixel coordinates
     grid = torch.stack([(2 * src[..., 0] + 1) / w - 1, (2 * src[..., 1] + 1) / h - 1], dim=-1)
     # Sample in [0, 1] so that "outside" (zeros) is black, as an image warp pads it.
-    crop = F.grid_sample((image + 1) / 2, grid[None], mode="bilinear", padding_mode="zeros",
-                         align_corners=False)
+    crop = F.grid_sample(
+        (image + 1) / 2, grid[None], mode="bilinear", padding_mode="zeros", align_corners=False
+    )
     return crop * 2 - 1
 
 
@@ -187,7 +221,7 @@ def _read_state(path: Path) -> Mapping[str, torch.Tensor]:
 
 
 def face_weights_format(state: Mapping[str, torch.Tensor]) -> str:
-    """"mobilefacenet" or "inception_resnet_v1", from the state dict's keys."""
+    """ "mobilefacenet" or "inception_resnet_v1", from the state dict's keys."""
     keys = set(state)
     if {"conv1.conv.weight", "dw_conv1.conv.weight", "linear1.conv.weight"} <= keys:
         return "mobilefacenet"
@@ -197,7 +231,8 @@ def face_weights_format(state: Mapping[str, torch.Tensor]) -> str:
     raise WeightsError(
         "unrecognised face-recognition weights: expected a MobileFaceNet checkpoint "
         "(keys conv1.conv.*, dw_conv1.*, linear1.*) or a facenet-pytorch InceptionResnetV1 "
-        f"state dict (conv2d_1a.*, last_linear.*); found keys like {sample}")
+        f"state dict (conv2d_1a.*, last_linear.*); found keys like {sample}"
+    )
 
 
 def _mobilefacenet(state: Mapping[str, torch.Tensor]) -> MobileFaceNet:
@@ -234,8 +269,9 @@ def load_face_embedder(path: str | Path, device: str | torch.device = "cpu") -> 
     return _inception_embedder(state, device)
 
 
-def _inception_embedder(state: Mapping[str, torch.Tensor], device: str | torch.device
-                        ) -> FaceEmbedder:
+def _inception_embedder(
+    state: Mapping[str, torch.Tensor], device: str | torch.device
+) -> FaceEmbedder:
     try:
         from facenet_pytorch import InceptionResnetV1
     except ImportError as exc:
@@ -251,16 +287,22 @@ def _inception_embedder(state: Mapping[str, torch.Tensor], device: str | torch.d
 
     def embed(images: torch.Tensor) -> torch.Tensor:
         # Renders are aligned faces already: resize the whole image.
-        x = F.interpolate(images.float().to(device), size=(160, 160), mode="bilinear",
-                          align_corners=False, antialias=True)
+        x = F.interpolate(
+            images.float().to(device),
+            size=(160, 160),
+            mode="bilinear",
+            align_corners=False,
+            antialias=True,
+        )
         with torch.no_grad():
             return net(x)
 
     return embed
 
 
-def embed_photo(net: MobileFaceNet, photo: object, detector: object | None = None,
-                face_index: int = 0) -> torch.Tensor:
+def embed_photo(
+    net: MobileFaceNet, photo: object, detector: object | None = None, face_index: int = 0
+) -> torch.Tensor:
     """MobileFaceNet embedding [256] of a face in a photo (path, PIL, ...), aligned from
     ``faces.FaceDetector`` landmarks (largest face first)."""
     from ..faces import get_default_detector, load_image, select_face

@@ -52,6 +52,7 @@ def auto_impl(device: torch.device) -> Impl:
     arrangement; on a GPU the batched path's grouped convolutions render a batch at once."""
     return "fast" if device.type == "cpu" else "batched"
 
+
 FirFilter = Callable[..., torch.Tensor]
 BLUR_TAPS = (1, 3, 3, 1)
 
