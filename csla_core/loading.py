@@ -180,51 +180,65 @@ def load_pipeline(
         raise ValueError("tiny_clip=True is for random_weights=True only")
     if random_weights:
         generator, encoder, latent_avg = random_models(seed, size)
-        sources = {"generator": "random", "encoder": "random"}
         clip = random_clip(seed, device, tiny=tiny_clip) if with_clip else None
-        if clip is not None:
-            sources["clip"] = "random"
-        pipe = CSLAPipeline(
-            generator=_frozen(generator, device),
-            encoder=_frozen(encoder, device),
-            latent_avg=latent_avg.to(device),
-            device=device,
-            random_weights=True,
-            sources=sources,
-            clip=clip,
-            precision=precision,
+        sources = {"generator": "random", "encoder": "random"}
+        sources.update({"clip": "random"} if clip is not None else {})
+    else:
+        paths = {"e4e": e4e_path, "stylegan2": stylegan2_path, "clip": clip_path}
+        generator, encoder, latent_avg, clip, sources = _models_from_files(
+            paths, checkpoint_dir, with_encoder, with_clip, allow_download, device
         )
-        if clip is None or not with_mappers:
-            return pipe
-        # Only mappers asked for by name: a search could pick up files of earlier runs, and
-        # random-weights runs (tests, benchmarks) must not depend on what a machine holds.
-        found = None
-        if mappers_path is not None or mappers_repo or os.environ.get("CSLA_MAPPERS"):
-            folder = weights.checkpoint_dir(checkpoint_dir)
-            found = find_mappers(
-                mappers_path, folder, mappers_repo, allow_download, pipe.fingerprints
-            )
-        if found is not None:
-            pipe.mappers, pipe.sources["mappers"] = (
-                load_mappers_for(pipe, found, device),
-                str(found),
-            )
-        else:  # untrained mappers: every CSLA code path runs (outputs are noise anyway)
-            pipe.mappers = random_mappers(seed, generator, clip, latent_avg).to(device)
-            pipe.sources["mappers"] = "random"
+        latent_avg = _latent_avg_rows(latent_avg, generator)
+    pipe = CSLAPipeline(
+        generator=_frozen(generator, device),
+        encoder=_frozen(encoder, device) if encoder is not None else None,
+        latent_avg=latent_avg.to(device),
+        device=device,
+        random_weights=random_weights,
+        sources=sources,
+        clip=clip,
+        precision=precision,
+    )
+    if clip is None or not with_mappers:
         return pipe
+    folder = weights.checkpoint_dir(checkpoint_dir)
+    found = None
+    # With random weights only mappers asked for by name: a search could pick up files of
+    # earlier runs, and random-weights runs (tests, benchmarks) must not depend on them.
+    if (
+        not random_weights
+        or mappers_path is not None
+        or mappers_repo
+        or os.environ.get(weights.CSLA_MAPPERS.env_var)
+    ):
+        found = find_mappers(mappers_path, folder, mappers_repo, allow_download, pipe.fingerprints)
+    if found is not None:
+        pipe.use_mappers(load_mappers_for(pipe, found, device), str(found))
+    elif random_weights:  # untrained mappers: every CSLA code path runs (outputs are noise)
+        pipe.use_mappers(random_mappers(seed, generator, clip, latent_avg).to(device), "random")
+    return pipe
 
+
+def _models_from_files(
+    paths: dict[str, str | os.PathLike | None],
+    checkpoint_dir: str | os.PathLike | None,
+    with_encoder: bool,
+    with_clip: bool,
+    allow_download: bool,
+    device: torch.device,
+) -> tuple[Generator, Encoder4Editing | None, torch.Tensor | None, object, dict[str, str]]:
+    """(generator, encoder, latent_avg, CLIP, sources) read from the weight files."""
     folder = weights.checkpoint_dir(checkpoint_dir)
     wanted: dict[weights.WeightSpec, str | os.PathLike | None] = {}
-    stylegan2_asked = stylegan2_path is not None or bool(
+    stylegan2_asked = paths["stylegan2"] is not None or bool(
         os.environ.get(weights.STYLEGAN2_FFHQ.env_var)
     )
     if stylegan2_asked:
-        wanted[weights.STYLEGAN2_FFHQ] = stylegan2_path
+        wanted[weights.STYLEGAN2_FFHQ] = paths["stylegan2"]
     if with_encoder or not stylegan2_asked:  # the e4e file also carries the generator
-        wanted[weights.E4E_FFHQ] = e4e_path
+        wanted[weights.E4E_FFHQ] = paths["e4e"]
     if with_clip:
-        wanted[weights.CLIP_VIT_B32] = clip_path
+        wanted[weights.CLIP_VIT_B32] = paths["clip"]
     files = weights.resolve_many(wanted, directory=folder, allow_download=allow_download)
 
     sources: dict[str, str] = {}
@@ -262,20 +276,4 @@ def load_pipeline(
             str(files[weights.CLIP_VIT_B32]), CLIP_MODEL_NAME, device=device
         )
         sources["clip"] = str(files[weights.CLIP_VIT_B32])
-    pipe = CSLAPipeline(
-        generator=_frozen(generator, device),
-        encoder=_frozen(encoder, device) if encoder is not None else None,
-        latent_avg=_latent_avg_rows(latent_avg, generator).to(device),
-        device=device,
-        sources=sources,
-        clip=clip,
-        precision=precision,
-    )
-    if clip is not None and with_mappers:
-        found = find_mappers(mappers_path, folder, mappers_repo, allow_download, pipe.fingerprints)
-        if found is not None:
-            pipe.mappers, pipe.sources["mappers"] = (
-                load_mappers_for(pipe, found, device),
-                str(found),
-            )
-    return pipe
+    return generator, encoder, latent_avg, clip, sources

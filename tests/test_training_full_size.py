@@ -3,14 +3,15 @@ steps, random weights. The tiny models test the method; this tests that the real
 
 from __future__ import annotations
 
-import resource
+import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from csla_core import load_pipeline
-from csla_core.models.mappers import CSLAMappers
 from csla_core.training.calibrate import CalibrationConfig, calibrate
-from csla_core.training.loop import TrainConfig, train
 
 
 @pytest.fixture(scope="module")
@@ -19,16 +20,35 @@ def full_size():
     return pipe.generator, pipe.clip
 
 
+# In a fresh process: the peak resident memory of training alone (the test session's own peak
+# includes every other test's).
+TRAIN_CHILD = """
+import json, resource, sys
+from csla_core import load_pipeline
+from csla_core.models.mappers import CSLAMappers
+from csla_core.training.loop import TrainConfig, train
+pipe = load_pipeline(random_weights=True, device="cpu", with_encoder=False, with_mappers=False)
+config = TrainConfig(steps=2, batch_size=2, eval_samples=4, latent_avg_samples=256,
+                     scale_samples=64, save_every=0)
+stats = train(pipe.generator, pipe.clip, config, output_dir=sys.argv[1])
+rows = CSLAMappers.load(sys.argv[1] + "/mappers.safetensors").config.n_latent
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # GiB (Linux reports KiB)
+print(json.dumps({"stats": stats, "rows": rows, "peak_gib": peak}))
+"""
+
+
 @pytest.mark.slow
-def test_full_size_training_runs_end_to_end(full_size, tmp_path):
-    generator, clip = full_size
-    config = TrainConfig(steps=2, batch_size=2, eval_samples=4, latent_avg_samples=256,
-                         scale_samples=64, save_every=0)  # fmt: skip
-    stats = train(generator, clip, config, output_dir=tmp_path)
-    assert stats["samples_per_s"] > 0 and "ratio_w" in stats  # the held-out evaluation ran
-    assert CSLAMappers.load(tmp_path / "mappers.safetensors").config.n_latent == 18
-    # Bounded memory: the models (about 0.8 GB) plus one sample's activations at a time.
-    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20 < 8.0  # GiB (Linux: KiB)
+def test_full_size_training_runs_end_to_end_in_bounded_memory(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-c", TRAIN_CHILD, str(tmp_path)],
+        capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parents[1],
+    )  # fmt: skip
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["stats"]["samples_per_s"] > 0 and "ratio_w" in report["stats"]
+    assert report["rows"] == 18
+    # The models (about 0.8 GB) plus one sample's activations at a time: measured 3.7 GiB with
+    # the default 512 held-out samples; 6 GiB leaves room for other allocators' habits.
+    assert report["peak_gib"] < 6.0
 
 
 @pytest.mark.slow

@@ -84,7 +84,14 @@ def train_command(argv: list[str] | None = None) -> int:
     if cpu is not None:
         overrides["cpu"] = cpu
     config = TrainConfig.tiny(**overrides) if args.tiny else TrainConfig(**overrides)
-    if args.init == "calibrate" and args.resume is None:
+    start_calibrated = args.init == "calibrate" and args.resume is None
+    if start_calibrated and (config.hidden_dim < clip.embed_dim or config.depth < 2):
+        print(
+            f"note: calibration needs mappers with depth >= 2 and hidden_dim >= CLIP's "
+            f"{clip.embed_dim}; this training starts untrained"
+        )
+        start_calibrated = False
+    if start_calibrated:
         from ..training.calibrate import CalibrationConfig, calibrate
 
         calibration = (CalibrationConfig.tiny if args.tiny else CalibrationConfig)(mappers=config)
