@@ -73,3 +73,18 @@ def test_zero_gpu_calibrates_in_slices_that_resume_the_saved_bank(tmp_path):
         slices.append(prep.status.done)
         assert pipe.mappers is None and len(slices) < 10
     assert slices == [4, 8] and prep.status.state == "done" and pipe.mappers is not None
+
+
+def test_api_results_say_when_the_fallback_made_them():
+    from pathlib import Path
+
+    from csla_core.service import EditingService, session_cache
+
+    photo = Path(__file__).resolve().parents[1] / "assets" / "astronaut.jpg"
+    pipe = load_pipeline(random_weights=True, device="cpu", size=32, tiny_clip=True,
+                         with_mappers=False)  # fmt: skip
+    pipe.baseline_steps = 2
+    service = EditingService(pipe)
+    steps = list(service.edit_steps(session_cache(None), str(photo), 0, "smiling", None, 1.0, 1,
+                                    0.5, 0, True))  # fmt: skip
+    assert "optimisation fallback" in steps[-1].items[0][1]

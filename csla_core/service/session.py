@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import PIL.Image
 import torch
 
+from ..editing.result import BASELINE_METHOD
 from ..editing.strength import AUTO as AUTO_STRENGTH
 from ..editing.strength import is_auto
 from ..errors import InputImageError, WeightsError
@@ -382,6 +383,7 @@ class EditingService:
             strength = float(edit.strength)
         described = f"strength {strength:+.2f}" + (" (auto)" if auto else "")
         status = f"**{edit.method}** · {samples} sample(s), {described}"
+        fallback = edit.method == BASELINE_METHOD
         resolutions = list(resolutions or self.resolutions)
         for step, resolution in enumerate(resolutions):
             last = step == len(resolutions) - 1
@@ -390,7 +392,9 @@ class EditingService:
                 desc=f"Rendering {samples} image(s) at {resolution} px",
             )
             images = self._compose(entry, self.render_edit(edit, resolution), paste, progress)
-            items = [(image, caption(i, strength, seed)) for i, image in enumerate(images)]
+            # API callers see only the gallery: its captions say when the fallback made it.
+            label = " · optimisation fallback (no CSLA mappers yet)" if fallback else ""
+            items = [(image, caption(i, strength, seed) + label) for i, image in enumerate(images)]
             before = self._before_image(entry, paste, images[0].size)
             cache.before = before  # kept for comparisons with the other results (compare_pair)
             cache.touch()
