@@ -18,7 +18,7 @@ from .models.builders import CLIP_MODEL_NAME, random_clip, random_mappers, rando
 from .models.e4e import Encoder4Editing, EncoderConfig
 from .models.stylegan2 import Generator, GeneratorConfig
 from .pipeline import PRECISIONS, CSLAPipeline
-from .runtime import tune_cpu_allocator
+from .runtime import choose_precision, tune_cpu_allocator
 
 if TYPE_CHECKING:
     from .models.mappers import CSLAMappers
@@ -143,7 +143,7 @@ def load_pipeline(
     allow_download: bool = True,
     size: int = 1024,
     seed: int = 0,
-    precision: str = "fp32",
+    precision: str = "auto",
     tiny_clip: bool = False,
     tune_allocator: bool = True,
     with_mappers: bool = True,
@@ -160,7 +160,10 @@ def load_pipeline(
       inversion and rendering need no CLIP).
     Files are found as described in ``csla_core.weights`` (argument, env var, checkpoint folder,
     hub cache, pinned download); when several are missing, one error names them all.
-    ``precision``: "fp32" (default), "fp16" (CUDA) or "bf16" (autocast; within 2e-2 of fp32).
+    ``precision``: "auto" (default: bf16 on CPUs with native bf16 where it measures faster,
+    else fp32; ``runtime.choose_precision``), "fp32" (exact), "bf16" or "fp16" (CUDA). On a CPU
+    bf16 weights are stored once in bf16 (``use_cpu_precision``); on a GPU reduced precision
+    runs under autocast. Either stays within 2e-2 of fp32.
     ``size`` and ``tiny_clip`` (random weights only): a smaller generator, and a small random CLIP
     with the real tokenizer instead of ViT-B/32, for fast tests of everything around the models.
     ``with_mappers=False``: no mappers, as on a first run before any exist (edits use the
@@ -174,8 +177,7 @@ def load_pipeline(
     if tune_allocator:
         tune_cpu_allocator()
     device = usable_device(device)
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
+    choice = choose_precision(precision, device.type)
     if tiny_clip and not random_weights:
         raise ValueError("tiny_clip=True is for random_weights=True only")
     if random_weights:
@@ -197,8 +199,12 @@ def load_pipeline(
         random_weights=random_weights,
         sources=sources,
         clip=clip,
-        precision=precision,
+        precision=choice.precision,
+        precision_reason=choice.reason,
     )
+    if device.type == "cpu":
+        use_cpu_precision(pipe)
+    logger.info("precision %s (%s)", pipe.precision, pipe.precision_reason)
     if clip is None or not with_mappers:
         return pipe
     folder = weights.checkpoint_dir(checkpoint_dir)
@@ -217,6 +223,21 @@ def load_pipeline(
     elif random_weights:  # untrained mappers: every CSLA code path runs (outputs are noise)
         pipe.use_mappers(random_mappers(seed, generator, clip, latent_avg).to(device), "random")
     return pipe
+
+
+def use_cpu_precision(pipe: CSLAPipeline) -> None:
+    """Store the models' weights once in the pipeline's precision, for the CPU's native
+    kernels: the generator's convolutions channels-last (``Generator.prepare_synthesis``), the
+    encoder and CLIP cast whole. Fingerprints are taken first, from the weights as loaded, so
+    mappers made in either precision belong to the same models."""
+    dtype = PRECISIONS[pipe.precision]
+    if dtype != torch.float32:
+        pipe.fingerprints  # noqa: B018 - computed before the weights are rounded
+    pipe.generator.prepare_synthesis(dtype)
+    if pipe.encoder is not None and dtype != torch.float32:
+        pipe.encoder.to(dtype=dtype, memory_format=torch.channels_last)
+    if pipe.clip is not None and dtype != torch.float32:
+        pipe.clip.cast(dtype)
 
 
 def _models_from_files(

@@ -57,9 +57,11 @@ class CSLAPipeline:
     clip: ClipEmbedder | None = None
     mappers: CSLAMappers | None = None  # None: edits fall back to the optimisation baseline
     baseline_steps: int = 40  # optimisation steps of the fallback editor (StyleCLIP uses ~300)
-    # "fp32" (default, reference numerics), "fp16" (CUDA) or "bf16": reduced precision runs the
-    # generator and encoder under torch.autocast; weights and returned tensors stay float32.
+    # "fp32" (reference numerics), "bf16" or "fp16" (CUDA), as ``runtime.choose_precision``
+    # chose it. On a CPU the weights are stored in it (``loading.use_cpu_precision``); on a GPU
+    # it is autocast. Returned tensors are float32 either way.
     precision: str = "fp32"
+    precision_reason: str = "asked for"
     synthesis: Impl | None = None  # None: by device (see ``impl``)
     face_detector: object | None = None  # created on first use of a photo
     _editor: TextEditor | None = field(default=None, repr=False)
@@ -100,8 +102,9 @@ class CSLAPipeline:
         return self.synthesis or auto_impl(self.device)
 
     def autocast(self):
-        """The precision context every model call runs in."""
-        if self.precision == "fp32":
+        """The precision context every model call runs in (on a CPU the weights' dtype
+        decides: nothing to enter)."""
+        if self.precision == "fp32" or self.device.type == "cpu":
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=PRECISIONS[self.precision])
 
@@ -121,6 +124,8 @@ class CSLAPipeline:
         if image.ndim != 4 or image.shape[1] != 3:
             raise ValueError(f"expected [B, 3, H, W] in [-1, 1], got {tuple(image.shape)}")
         image = resize_batch(image.to(self.device, torch.float32), ENCODER_INPUT_SIZE)
+        dtype = self.encoder.input_layer[0].weight.dtype  # bf16 when stored so on a CPU
+        image = image.to(dtype, memory_format=torch.channels_last)
         with self.autocast():
             codes = self.encoder(image)
         return codes.float() + self.latent_avg

@@ -82,15 +82,13 @@ def tune_cpu_allocator(
 _CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16")
 
 
-def cpu_description() -> str:
-    """The CPU's model and the flags that matter for speed, e.g. 'AMD EPYC (avx2 avx512f
-    avx512_bf16; no amx_tile amx_bf16)'. Linux reads /proc/cpuinfo; elsewhere the platform's
-    processor string."""
+def _cpu_info() -> tuple[str, set[str]] | None:
+    """(model name, flags) from /proc/cpuinfo; None where there is none (not Linux)."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
             info = f.read()
     except OSError:
-        return platform.processor() or platform.machine()
+        return None
     model, flags = platform.machine(), set()
     for line in info.splitlines():
         key, _, value = line.partition(":")
@@ -100,6 +98,17 @@ def cpu_description() -> str:
         elif key == "flags":
             flags = set(value.split())
             break
+    return model, flags
+
+
+def cpu_description() -> str:
+    """The CPU's model and the flags that matter for speed, e.g. 'AMD EPYC (avx2 avx512f
+    avx512_bf16; no amx_tile amx_bf16)'. Linux reads /proc/cpuinfo; elsewhere the platform's
+    processor string."""
+    found = _cpu_info()
+    if found is None:
+        return platform.processor() or platform.machine()
+    model, flags = found
     have = [f for f in _CPU_FLAGS if f in flags]
     missing = [f for f in _CPU_FLAGS if f not in flags]
     return f"{model} ({' '.join(have) or 'none of ' + ' '.join(_CPU_FLAGS)}" + (
@@ -110,3 +119,89 @@ def cpu_description() -> str:
 def allocator_settings() -> AllocatorSettings:
     """The settings in force in this process (not applied until ``tune_cpu_allocator``)."""
     return _applied or AllocatorSettings(False, "not tuned: the C library's defaults")
+
+
+# ---------------------------------------------------------------------- precision
+PRECISION_ENV = "CSLA_PRECISION"
+PRECISION_CHOICES = ("auto", "fp32", "bf16", "fp16")
+# bf16 is chosen only when its convolutions take at most this share of fp32's time: a CPU that
+# emulates bf16 (no AVX512-BF16 / AMX) is slower in it, and a marginal gain is not worth the
+# rounding.
+_BF16_TIME_SHARE = 0.8
+
+
+@dataclass(frozen=True)
+class PrecisionChoice:
+    """The precision the models compute in, and why (shown by the bench, the app's log and
+    ``CSLAPipeline.precision_reason``)."""
+
+    precision: str  # "fp32", "bf16" or "fp16"
+    reason: str
+
+
+def native_bf16_flags() -> list[str]:
+    """The CPU's native bfloat16 features (AVX512-BF16, AMX-BF16) found in /proc/cpuinfo."""
+    found = _cpu_info()
+    return [] if found is None else [f for f in ("avx512_bf16", "amx_bf16") if f in found[1]]
+
+
+_bf16_probe: tuple[float, float] | None = None
+
+
+def bf16_conv_speed() -> tuple[float, float]:
+    """(fp32 seconds, bf16 seconds) of one generator-sized 3x3 convolution (256 channels,
+    64 px, channels-last), the median of 5 after a warm-up: about 0.1 s, measured once per
+    process."""
+    global _bf16_probe
+    if _bf16_probe is None:
+        import statistics
+        import time
+
+        import torch
+        import torch.nn.functional as F
+
+        times = {}
+        with torch.inference_mode():
+            for dtype in (torch.float32, torch.bfloat16):
+                x = torch.randn(1, 256, 64, 64).to(dtype, memory_format=torch.channels_last)
+                w = torch.randn(256, 256, 3, 3).to(dtype, memory_format=torch.channels_last)
+                F.conv2d(x, w, padding=1)
+                runs = []
+                for _ in range(5):
+                    start = time.perf_counter()
+                    F.conv2d(x, w, padding=1)
+                    runs.append(time.perf_counter() - start)
+                times[dtype] = statistics.median(runs)
+        _bf16_probe = (times[torch.float32], times[torch.bfloat16])
+    return _bf16_probe
+
+
+def choose_precision(requested: str, device_type: str) -> PrecisionChoice:
+    """What ``requested`` ("auto", "fp32", "bf16", "fp16") means on this device.
+
+    "auto" (the default; the ``CSLA_PRECISION`` variable overrides it): on a CPU, bf16 where
+    the CPU has native bf16 (AVX512-BF16 or AMX) and its convolutions measure faster than
+    fp32's (``bf16_conv_speed``), else fp32; on a GPU, fp32 (reduced precision there is asked
+    for by name). fp16 needs a CUDA GPU.
+    """
+    import os
+
+    reason = "asked for"
+    if requested == "auto" and os.environ.get(PRECISION_ENV):
+        requested, reason = os.environ[PRECISION_ENV].strip().lower(), f"{PRECISION_ENV} is set"
+    if requested not in PRECISION_CHOICES:
+        raise ValueError(f"precision must be one of {PRECISION_CHOICES}, got {requested!r}")
+    if requested == "fp16" and device_type != "cuda":
+        raise ValueError("fp16 is for CUDA GPUs; on a CPU use bf16 or fp32")
+    if requested != "auto":
+        return PrecisionChoice(requested, reason)
+    if device_type != "cpu":
+        return PrecisionChoice("fp32", f"auto: fp32 on {device_type} (ask for fp16 or bf16)")
+    flags = native_bf16_flags()
+    if not flags:
+        return PrecisionChoice("fp32", "auto: this CPU has no native bf16 (AVX512-BF16 or AMX)")
+    fp32_s, bf16_s = bf16_conv_speed()
+    measured = f"bf16 convolutions take {bf16_s / fp32_s:.2f}x fp32's time"
+    if bf16_s <= _BF16_TIME_SHARE * fp32_s:
+        return PrecisionChoice("bf16", f"auto: native bf16 ({' '.join(flags)}); {measured}")
+    return PrecisionChoice("fp32", f"auto: {measured} here, not worth the rounding")

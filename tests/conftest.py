@@ -8,6 +8,9 @@ from pathlib import Path
 # Set before anything imports huggingface_hub or gradio: tests never touch the network.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+# The same numerics on every CI machine: "auto" would pick bf16 only on CPUs with native bf16.
+# Tests of bf16 ask for it by name (test_precision.py).
+os.environ.setdefault("CSLA_PRECISION", "fp32")
 
 import pytest  # noqa: E402
 

@@ -134,11 +134,26 @@ def bench_command(argv: list[str] | None = None) -> int:
     parser.add_argument("--preview", type=int, default=256, help="preview render size")
     add_precision_option(parser)
     parser.add_argument(
+        "--baseline",
+        default="fp32",
+        help="also run the bench in this precision, in its own process, and print both side "
+        "by side when it differs from the one in force (default fp32; 'none': skip)",
+    )
+    parser.add_argument(
         "--json", metavar="PATH", help="also write the figures as JSON ('-' = stdout)"
     )
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    from ..runtime import choose_precision
+
+    in_force = choose_precision(args.precision, torch.device(args.device).type).precision
+    baseline = None
+    if args.baseline != "none" and args.baseline != in_force:
+        options = ["--device", args.device, "--repeats", str(args.repeats)]
+        options += ["--size", str(args.size), "--preview", str(args.preview)]
+        options += ["--threads", str(args.threads)] if args.threads else []
+        baseline = bench.run_baseline(args.baseline, options)  # first: a quiet machine
     report = bench.run_benchmarks(
         device=args.device,
         repeats=args.repeats,
@@ -146,6 +161,8 @@ def bench_command(argv: list[str] | None = None) -> int:
         size=args.size,
         preview=args.preview,
     )
+    if baseline is not None:
+        report["baseline"] = baseline
     if args.json == "-":
         print(json.dumps(report, indent=2))
     else:

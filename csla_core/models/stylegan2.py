@@ -172,7 +172,8 @@ class ModulatedConv2d(nn.Module):
 
     def modulated_weight(self, s: torch.Tensor) -> torch.Tensor:
         """Per-sample weights [B, out, in, k, k] for styles s [B, in]."""
-        weight = self.scale * self.weight * s[:, None, :, None, None]
+        # A weight stored in reduced precision (``Generator.prepare_synthesis``) is widened.
+        weight = self.scale * self.weight.to(s.dtype) * s[:, None, :, None, None]
         if self.demodulate:
             demod = torch.rsqrt(weight.pow(2).sum(dim=(2, 3, 4)) + 1e-8)
             weight = weight * demod[:, :, None, None, None]
@@ -180,27 +181,55 @@ class ModulatedConv2d(nn.Module):
 
     def fast_weights(self, s: torch.Tensor, gain: float = 1.0) -> list[torch.Tensor]:
         """``gain * modulated_weight(s)[0]`` for one sample s [1, in], as channels-last
-        ``conv2d`` weights [out, in, kh, kw]: the whole kernel, or for an upsampling layer its
-        four polyphase sub-kernels (see ``POLYPHASE_TAPS``).
+        ``conv2d`` weights [out, in, kh, kw] in the stored weight's dtype: the whole kernel, or
+        for an upsampling layer its four polyphase sub-kernels (see ``POLYPHASE_TAPS``)."""
+        coef, demod = self._fast_scales(s, gain)
+        kernels, _ = self._fast_kernels()
+        scale = coef[None, :] if demod is None else demod[:, None] * coef[None, :]
+        scale = scale[:, :, None, None]  # [out, in, 1, 1]
+        # The product is formed in float32 and rounded once to the stored dtype.
+        return [_channels_last((kernel * scale).to(kernel.dtype)) for kernel in kernels]
+
+    def fast_modulation(
+        self, s: torch.Tensor, gain: float, pixels: int
+    ) -> tuple[torch.Tensor | None, list[torch.Tensor], torch.Tensor | None]:
+        """How one sample s [1, in] is applied to an input of ``pixels`` pixels, as
+        (input scale [in] or None, kernels, output scale [out] or None), which give
+        ``gain * conv(x, modulated_weight(s))`` as ``conv(x * input_scale, kernels) *
+        output_scale``.
+
+        Modulating the weight touches out * in * k * k values; scaling the input and output
+        instead touches (in + out) * pixels. Below about k * k * out pixels (the 4-64 px
+        layers, which hold three quarters of the weights) the activations are the cheaper
+        side, and the unmodulated kernels are used as stored, never copied.
+        """
+        if not self.demodulate or pixels >= self.kernel_size**2 * self.out_channels:
+            return None, self.fast_weights(s, gain), None
+        coef, demod = self._fast_scales(s, 1.0)
+        kernels, _ = self._fast_kernels()
+        dtype = kernels[0].dtype
+        return coef.to(dtype), [_channels_last(k) for k in kernels], demod * gain
+
+    def _fast_scales(
+        self, s: torch.Tensor, gain: float
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(per-input-channel factor ``scale * gain * s`` [in], demodulation [out] or None),
+        in float32 (or float64).
 
         Demodulation needs sum over (in, k, k) of (W * s)^2 = sum over in of s^2 * sum over
-        (k, k) of W^2: a matrix-vector product with the per-tap sum of squares, so the full
-        weight is touched once (one multiply) instead of five times. Outside autograd the
-        polyphase kernels and the sum of squares are cached until W changes (its version
-        counter or storage; an in-place edit through ``.data`` bypasses both, as it does
-        autograd's checks).
+        (k, k) of W^2: a matrix-vector product with the per-tap sum of squares (cached), so
+        the full weight is never squared per call.
         """
-        coef = (self.scale * gain) * s[0]
-        kernels, sum_sq = self._fast_kernels()
-        if self.demodulate:
-            demod = torch.rsqrt(sum_sq @ (coef * coef) * (1.0 / gain**2) + 1e-8)
-            scale = (demod[:, None] * coef[None, :])[:, :, None, None]  # [out, in, 1, 1]
-        else:
-            scale = coef[None, :, None, None]
-        return [_channels_last(kernel * scale) for kernel in kernels]
+        coef = (self.scale * gain) * s[0].to(_accurate(s.dtype))
+        if not self.demodulate:
+            return coef, None
+        _, sum_sq = self._fast_kernels()
+        return coef, torch.rsqrt(sum_sq @ (coef * coef) * (1.0 / gain**2) + 1e-8)
 
     def _fast_kernels(self) -> tuple[list[torch.Tensor], torch.Tensor]:
-        """(unmodulated kernels in ``fast_weights``' layout, per-tap sum of squares [out, in])."""
+        """(unmodulated kernels, per-tap float32 sum of squares [out, in]). Outside autograd
+        they are cached until W changes (its version counter or storage; an in-place edit
+        through ``.data`` bypasses both, as it does autograd's checks)."""
         grad = torch.is_grad_enabled()
         key = (self.weight.data_ptr(), self.weight.device, self.weight.dtype, self.weight._version)
         cached = None if grad else getattr(self, "_fast_cache", None)
@@ -215,7 +244,7 @@ class ModulatedConv2d(nn.Module):
                     _channels_last(weight[:, :, POLYPHASE_TAPS[a]][:, :, :, POLYPHASE_TAPS[b]])
                     for a, b in POLYPHASE_ORDER
                 ]
-            cached = (key, kernels, weight.pow(2).sum(dim=(2, 3)))
+            cached = (key, kernels, weight.to(_accurate(weight.dtype)).pow(2).sum(dim=(2, 3)))
             if not grad:
                 # A plain attribute, not a buffer: never saved in a checkpoint.
                 object.__setattr__(self, "_fast_cache", cached)
@@ -235,6 +264,11 @@ class ModulatedConv2d(nn.Module):
         weight = weight.reshape(batch * self.out_channels, in_channels, k, k)
         out = F.conv2d(x, weight, padding=self.padding, groups=batch)
         return out.reshape(batch, self.out_channels, *out.shape[-2:])
+
+
+def _accurate(dtype: torch.dtype) -> torch.dtype:
+    """The dtype demodulation is computed in: float32, or float64 for float64 weights."""
+    return torch.promote_types(dtype, torch.float32)
 
 
 def _channels_last(t: torch.Tensor) -> torch.Tensor:
@@ -277,20 +311,30 @@ class StyledConv(nn.Module):
         """
         conv = self.conv
         gain = ACTIVATION_GAIN
-        weights = conv.fast_weights(s, gain)
-        bias = self.activate.bias * gain
+        grad = torch.is_grad_enabled()  # autograd needs the intermediate tensors: no in-place ops
+        pixels = (held[0].shape[-1] - 1) ** 2
+        in_scale, weights, out_scale = conv.fast_modulation(s, gain, pixels)
+        dtype = weights[0].dtype
+        if in_scale is not None:
+            held.append(held.pop() * in_scale[None, :, None, None])
+        bias = (self.activate.bias * gain).to(dtype)
         if conv.upsample:
-            out = _polyphase_upsample_blur(held, weights, conv.blur.kernel, bias)
-        else:
+            out = _polyphase_upsample_blur(held, weights, conv.blur.kernel, bias, out_scale)
+        elif out_scale is None:
             out = F.conv2d(held.pop(), weights[0], bias, padding=conv.padding)
+        else:
+            out = F.conv2d(held.pop(), weights[0], None, padding=conv.padding)
+            out_scale, bias = out_scale.to(dtype)[None, :, None, None], bias[None, :, None, None]
+            out = out * out_scale + bias if grad else out.mul_(out_scale).add_(bias)
         size = out.shape[-1] - 1
-        if torch.is_grad_enabled():  # autograd needs the intermediate tensors: no in-place ops
+        strength = None if noise is None else self.noise.weight * gain
+        if grad:
             out = out[:, :, :size, :size]
             if noise is not None:
-                out = out + noise * (self.noise.weight * gain)
+                out = out + noise * strength
             return F.pad(F.leaky_relu(out, 0.2), (0, 1, 0, 1))
-        if noise is not None:
-            out[:, :, :size, :size].add_(noise * (self.noise.weight * gain))
+        if noise is not None:  # in the activations' dtype: a mixed-dtype add_ is 10x slower
+            out[:, :, :size, :size].add_((noise * strength).to(dtype))
         F.leaky_relu_(out, 0.2)
         out[:, :, size, :] = 0
         out[:, :, :, size] = 0
@@ -310,6 +354,7 @@ def _polyphase_upsample_blur(
     weights: list[torch.Tensor],
     blur_kernel: torch.Tensor,
     bias: torch.Tensor,
+    out_scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``blur(conv_transpose2d(x, w, stride=2), pad=(1, 1)) + bias`` for x = ``held.pop()``
     [1, Cin, n + 1, n + 1] (zero margin; freed once read) and the four polyphase kernels of w:
@@ -321,6 +366,8 @@ def _polyphase_upsample_blur(
     convolution at 256-512 px. The phases are interleaved straight into the blur's
     zero-padded input buffer, whose index q is the transposed output's y + 1: phase 0 lands
     on odd q (q = 2m + 1), phase 1 on even q (q = 2(m + 1)).
+    ``out_scale`` [Cout] (per output channel, so it commutes with the depthwise blur) is
+    folded into the blur's kernel, at no cost.
     """
     x = held.pop()
     n = x.shape[-1] - 1
@@ -340,8 +387,10 @@ def _polyphase_upsample_blur(
     buf[0, 0, 0] = 0  # q = 0: the blur's left padding
     buf[0, :, :, 0, 0] = 0
     padded = buf.view(1, 2 * n + 4, 2 * n + 4, channels).permute(0, 3, 1, 2)
-    kernel = torch.flip(blur_kernel, [0, 1]).to(dtype=dtype, device=device)
-    return F.conv2d(padded, kernel.expand(channels, 1, *kernel.shape), bias, groups=channels)
+    kernel = torch.flip(blur_kernel, [0, 1]).to(device=device).expand(channels, 1, 4, 4)
+    if out_scale is not None:
+        kernel = kernel * out_scale[:, None, None, None]
+    return F.conv2d(padded, kernel.to(dtype), bias, groups=channels)
 
 
 class _BiasedLeakyReLU(nn.Module):
@@ -381,7 +430,10 @@ class ToRGB(nn.Module):
         """One sample, channels-last; x has a zero margin (see ``StyledConv.forward_fast``),
         the RGB result and ``skip`` do not."""
         size = x.shape[-1] - 1
-        out = F.conv2d(x, self.conv.fast_weights(s)[0], self.bias.view(3))[:, :, :size, :size]
+        weight = self.conv.fast_weights(s)[0]
+        out = F.conv2d(x, weight, self.bias.view(3).to(weight.dtype))[:, :, :size, :size]
+        # The RGB image is summed over the levels in float32, whatever the activations' dtype.
+        out = out.to(_accurate(out.dtype))
         if skip is not None:
             return out + upsample2x_fir(skip, self.upsample.kernel)
         return out.contiguous()
@@ -492,6 +544,28 @@ class Generator(nn.Module):
         ]
 
     # ------------------------------------------------------------------ synthesis
+    @torch.no_grad()
+    def prepare_synthesis(self, dtype: torch.dtype = torch.float32) -> Generator:
+        """Store the synthesis convolution weights once in ``dtype`` and channels-last, the
+        layout oneDNN's CPU convolutions read: the fast path then computes in ``dtype``
+        (bfloat16: native on CPUs with AVX512-BF16 or AMX) and uses the 4-64 px kernels as
+        stored (``fast_modulation``). The mapping network, the modulation layers, biases,
+        noise and the RGB sum stay float32; "reference" and "batched" widen the weights back.
+        """
+        # Ordinary tensors even when called under inference mode: the kernel cache reads
+        # their version counters.
+        with torch.inference_mode(False):
+            for layer in self._style_layers():
+                w = layer.weight.detach()[0].to(dtype, copy=True)
+                w = w.contiguous(memory_format=torch.channels_last)[None]
+                layer.weight = nn.Parameter(w, requires_grad=layer.weight.requires_grad)
+        return self
+
+    @property
+    def synthesis_dtype(self) -> torch.dtype:
+        """The dtype the fast path computes in (``prepare_synthesis``)."""
+        return self.conv1.conv.weight.dtype
+
     def _noises(
         self,
         batch: int,
@@ -569,15 +643,18 @@ class Generator(nn.Module):
         Activations are channels-last (oneDNN's preferred layout) and carry one extra row and
         column kept at zero: for the polyphase upsampling and the 3x3 convolutions it is the
         zero padding they need, so an n x n activation never has to be cropped and copied.
+        They are in the dtype the convolution weights are stored in (``prepare_synthesis``);
+        demodulation, noise strengths and the RGB sum stay float32.
         """
         # The output is allocated before any activation: a long-lived block made between two
         # samples would split the memory the next sample's activations reuse.
         batch = styles[0].shape[0]
         images = self.input.input.new_empty(batch, 3, target, target)
+        dtype = self.synthesis_dtype
         for b in range(batch):
             sb = [st[b : b + 1] for st in styles]
             nb = [None if n is None else n[b : b + 1] if n.shape[0] > 1 else n for n in noises]
-            x = _channels_last(F.pad(self.input(1), (0, 1, 0, 1)))
+            x = _channels_last(F.pad(self.input(1), (0, 1, 0, 1)).to(dtype))
             x = self.conv1.forward_fast([x], sb[0], nb[0])
             skip = self.to_rgb1.forward_fast(x, sb[1], None)
             for i, to_rgb in enumerate(self.to_rgbs):
