@@ -143,6 +143,7 @@ def start_app(
     log_path: str | os.PathLike | None = None,
     timeout_s: float = 180,
     small_models: bool = False,
+    precision: str = "auto",
 ) -> tuple[subprocess.Popen, str]:
     """``python app.py --random-weights`` on 127.0.0.1; (process, url) once it answers.
     ``small_models``: the same app around small random models (SMALL_MODELS_APP)."""
@@ -155,6 +156,8 @@ def start_app(
         "--no-download",
         "--max-resolution",
         str(max_resolution),
+        "--precision",
+        precision,
     ]
     if small_models:
         command = [sys.executable, "-c", SMALL_MODELS_APP, str(max_resolution)]
@@ -477,6 +480,9 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="a 64 px generator and a small CLIP instead of the full-size random models",
     )
+    parser.add_argument(
+        "--precision", default="auto", help="the app's --precision (auto, fp32, bf16)"
+    )
     args = parser.parse_args(argv)
     if not 1 <= args.users <= 64:
         parser.error("--users must be 1..64")
@@ -490,7 +496,10 @@ def main(argv: list[str] | None = None) -> int:
         if url is None:
             started = time.monotonic()
             process, url = start_app(
-                args.max_resolution, log_path=app_log, small_models=args.small_models
+                args.max_resolution,
+                log_path=app_log,
+                small_models=args.small_models,
+                precision=args.precision,
             )
             print(f"app ready at {url} after {time.monotonic() - started:.1f} s (log {app_log})")
         require_loopback(url)

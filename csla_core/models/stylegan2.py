@@ -172,8 +172,10 @@ class ModulatedConv2d(nn.Module):
 
     def modulated_weight(self, s: torch.Tensor) -> torch.Tensor:
         """Per-sample weights [B, out, in, k, k] for styles s [B, in]."""
-        # A weight stored in reduced precision (``Generator.prepare_synthesis``) is widened.
-        weight = self.scale * self.weight.to(s.dtype) * s[:, None, :, None, None]
+        # A weight stored for the fast path (``Generator.prepare_synthesis``: bf16,
+        # channels-last) is widened and made contiguous, the layout the grouped convolutions
+        # are fastest with.
+        weight = self.scale * self.weight.to(s.dtype).contiguous() * s[:, None, :, None, None]
         if self.demodulate:
             demod = torch.rsqrt(weight.pow(2).sum(dim=(2, 3, 4)) + 1e-8)
             weight = weight * demod[:, :, None, None, None]
