@@ -12,7 +12,7 @@ from csla_core.cli import main as cli_main
 from csla_core.errors import CSLAError
 from csla_core.evaluation.ablation import parse_settings, parse_variants, run_ablation
 from csla_core.models.builders import build_tiny_models
-from csla_core.training.loop import TrainConfig
+from csla_core.training.config import TrainConfig
 
 # A few steps of a very small run: enough to exercise every stage, not to learn anything.
 # The pool makes the second variant of the command reuse the first one's renders.

@@ -12,7 +12,9 @@ from csla_core.models.builders import build_tiny_models
 from csla_core.models.mappers import CSLAMappers, GroupMLP
 from csla_core.training import calibrate as calibration
 from csla_core.training.calibrate import CalibrationConfig, calibrate, fit_ridge, place_linear
-from csla_core.training.loop import TrainConfig, _sampling, _seeded, sample_batch, train
+from csla_core.training.config import TrainConfig
+from csla_core.training.loop import train
+from csla_core.training.sampling import sample_batch, sampling_options, seeded
 from csla_core.weights import model_fingerprint
 
 RES = TrainConfig.tiny().max_resolution
@@ -31,7 +33,7 @@ def calibrated(tiny, tmp_path_factory):
 
 
 def _scores(generator, clip, mappers, held):
-    from csla_core.training.loop import heldout_error
+    from csla_core.training.sampling import heldout_error
 
     stats = heldout_error(generator, clip, mappers, samples=held)
     editor = TextEditor(generator, clip, mappers, render_resolution=RES)
@@ -45,8 +47,8 @@ def test_calibration_is_no_worse_than_300_training_steps(tiny, calibrated, tmp_p
     train(generator, clip, cfg, output_dir=tmp_path)
     trained = CSLAMappers.load(tmp_path / "mappers.safetensors")
     held = sample_batch(
-        generator, clip, 256, _seeded(cfg.eval_seed), latent_avg=trained.latent_avg[:1],
-        **_sampling(cfg),
+        generator, clip, 256, seeded(cfg.eval_seed), latent_avg=trained.latent_avg[:1],
+        **sampling_options(cfg),
     )  # fmt: skip
     mine = _scores(generator, clip, calibrated.mappers, held)
     theirs = _scores(generator, clip, trained, held)

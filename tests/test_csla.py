@@ -38,12 +38,10 @@ from csla_core.models.mappers import (
     style_rows_for,
 )
 from csla_core.pipeline import CSLAPipeline
-from csla_core.training.loop import (
-    TrainConfig,
-    heldout_error,
-    model_card,
-    train,
-)
+from csla_core.training.config import TrainConfig
+from csla_core.training.hub import model_card
+from csla_core.training.loop import train
+from csla_core.training.sampling import heldout_error
 
 RES = 8  # render size everywhere in these tests
 PROMPT = "a smiling face"

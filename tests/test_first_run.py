@@ -12,7 +12,7 @@ from csla_core import load_pipeline
 from csla_core.editing.result import BASELINE_METHOD, MAPPERS_METHOD
 from csla_core.service import MapperPreparation
 from csla_core.training.calibrate import CalibrationConfig
-from csla_core.training.loop import TrainConfig
+from csla_core.training.config import TrainConfig
 
 
 def _wait(condition, seconds: float = 120.0) -> None:

@@ -26,7 +26,8 @@ TRAIN_CHILD = """
 import json, sys
 from csla_core import load_pipeline
 from csla_core.models.mappers import CSLAMappers
-from csla_core.training.loop import TrainConfig, train
+from csla_core.training.config import TrainConfig
+from csla_core.training.loop import train
 pipe = load_pipeline(random_weights=True, device="cpu", with_encoder=False, with_mappers=False)
 config = TrainConfig(steps=2, batch_size=2, eval_samples=4, latent_avg_samples=256,
                      scale_samples=64, save_every=0)

@@ -32,7 +32,7 @@ def _add_cpu_alias(parser: argparse.ArgumentParser) -> None:
 
 
 def build_train_parser() -> argparse.ArgumentParser:
-    from ..training.loop import TrainConfig
+    from ..training.config import TrainConfig
 
     p = argparse.ArgumentParser(
         prog="python -m csla_core train", description="Data-free CSLA mapper training"
@@ -70,7 +70,9 @@ def build_train_parser() -> argparse.ArgumentParser:
 
 
 def train_command(argv: list[str] | None = None) -> int:
-    from ..training.loop import TrainConfig, push_to_hub, train
+    from ..training.config import TrainConfig
+    from ..training.hub import push_to_hub
+    from ..training.loop import train
 
     args = build_train_parser().parse_args(argv)
     generator, clip, clip_name = build_models(args)
@@ -149,7 +151,7 @@ def build_ablate_parser() -> argparse.ArgumentParser:
 
 def ablate_command(argv: list[str] | None = None) -> int:
     from ..evaluation.ablation import format_table, parse_settings, parse_variants, run_ablation
-    from ..training.loop import TrainConfig
+    from ..training.config import TrainConfig
 
     args = build_ablate_parser().parse_args(argv)
     base_options: dict[str, object] = {"seed": args.seed, **parse_settings(args.set)}

@@ -5,7 +5,7 @@ from the same seed, steps and data (the sampling seeds depend only on ``TrainCon
 scores every variant on the same held-out samples (the rendered replay pool is shared too, so
 variants differ only in what is ablated):
 - ``ratio_w`` / ``ratio_s``: held-out W+ / S residual error over the trivial predictor's
-  (``training.loop.heldout_error``; 1 = no better than guessing the average latent);
+  (``training.sampling.heldout_error``; 1 = no better than guessing the average latent);
 - ``edit_ratio``: image-guided edit accuracy, the figure editing depends on. For held-out
   pairs (a, b) the editor's central-difference step from a's CLIP embedding towards b's is
   applied to w_a; edit_ratio = mean ||w_a + dW - w_b||^2 / mean ||w_a - w_b||^2 (0 = the edit
@@ -31,14 +31,9 @@ from ..errors import CSLAError
 from ..models.clip import ClipEmbedder
 from ..models.mappers import CENTRE_STRATEGIES, MIXING_MODES, CSLAMappers
 from ..models.stylegan2 import Generator
-from ..training.loop import (
-    SampleCache,
-    Samples,
-    TrainConfig,
-    heldout_error,
-    sample_batch,
-    train,
-)
+from ..training.config import TrainConfig
+from ..training.loop import train
+from ..training.sampling import SampleCache, Samples, heldout_error, sample_batch
 
 DEFAULT_SWEEPS: tuple[str, ...] = (
     "centre=" + ",".join(CENTRE_STRATEGIES),

@@ -238,7 +238,7 @@ class _Bench:
 
     def model_stages(self) -> dict[int | None, float]:
         """Generator, encoder, CLIP and training-sample timings; returns the fast renders'."""
-        from ..training.loop import sample_batch
+        from ..training.sampling import sample_batch
 
         pipe, gen, wplus, size = self.pipe, self.gen, self.wplus, self.size
         image = torch.zeros(1, 3, 256, 256, device=pipe.device)

@@ -14,7 +14,9 @@ from ..editing.editor import TextEditor
 from ..models.builders import build_tiny_models
 from ..models.mappers import CSLAMappers
 from ..training.calibrate import CalibrationConfig, calibrate
-from ..training.loop import TrainConfig, _sampling, _seeded, heldout_error, sample_batch, train
+from ..training.config import TrainConfig
+from ..training.loop import train
+from ..training.sampling import heldout_error, sample_batch, sampling_options, seeded
 from .ablation import edit_ratio
 
 
@@ -44,8 +46,8 @@ def compare_calibration(
             trained = CSLAMappers.load(Path(tmp) / "train" / "mappers.safetensors")
             train_s = time.perf_counter() - started
             held = sample_batch(
-                generator, clip, n_heldout, _seeded(cfg.eval_seed),
-                latent_avg=trained.latent_avg[:1], **_sampling(cfg),
+                generator, clip, n_heldout, seeded(cfg.eval_seed),
+                latent_avg=trained.latent_avg[:1], **sampling_options(cfg),
             )  # fmt: skip
             rows.append(_row(seed, f"train {steps} steps", generator, clip, trained, held, train_s))
             for n in bank_sizes:

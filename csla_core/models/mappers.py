@@ -44,7 +44,6 @@ from pathlib import Path
 from typing import Literal, NamedTuple
 
 import torch
-import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
@@ -451,8 +450,3 @@ class CSLAMappers(nn.Module):
         except RuntimeError as exc:
             raise WeightsError(f"{path} does not match its config: {exc}") from exc
         return model.to(device).eval()
-
-
-def cosine_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """1 - cosine similarity of flattened rows, averaged."""
-    return (1 - F.cosine_similarity(pred.flatten(1), target.flatten(1), dim=1, eps=1e-8)).mean()

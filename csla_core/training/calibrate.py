@@ -35,7 +35,9 @@ from ..models.ops import ACTIVATION_GAIN
 from ..models.stylegan2 import Generator
 from ..pipeline import CSLAPipeline
 from ..weights import mappers_cache_dir, mappers_filename, model_fingerprint, models_meta
-from .loop import Samples, TrainConfig, _aux_seed, _initial_mappers, _seeded, sample_batch
+from .config import TrainConfig
+from .loop import initial_mappers
+from .sampling import Samples, aux_seed, sample_batch, seeded
 
 BANK_DIR = "bank"
 MAPPERS_FILE = "mappers.safetensors"
@@ -108,7 +110,7 @@ def calibrate(
     out = Path(output_dir)
     device = generator.input.input.device
     train_cfg = replace(cfg.mappers, seed=cfg.seed)
-    mappers, latent_avg, styles_fn = _initial_mappers(generator, clip, train_cfg, device, None)
+    mappers, latent_avg, styles_fn = initial_mappers(generator, clip, train_cfg, device, None)
     started = time.perf_counter()
     bank = render_bank(
         generator, clip, cfg, train_cfg, latent_avg, out / BANK_DIR, progress, between_chunks,
@@ -187,7 +189,7 @@ def render_bank(
                 generator,
                 clip,
                 size,
-                _seeded(_aux_seed(cfg.seed, 100 + i)),
+                seeded(aux_seed(cfg.seed, 100 + i)),
                 latent_avg=latent_avg[:1],
                 truncation=train_cfg.truncation,
                 mix_prob=train_cfg.mix_prob,
