@@ -153,8 +153,9 @@ class PortraitEditor:
         """Edit button / Enter: the edits; with "auto strength" the slider moves to the strength
         found."""
         edit, cache = EditSettings(**settings), session_cache(cache)
-        for items, pair, status, used in self._edit_steps(edit, cache, progress):
-            yield items, pair, status, cache, used if edit.auto else gr.skip(), gr.skip()
+        for step in self._edit_steps(edit, cache, progress):
+            used = step.strength if edit.auto else gr.skip()
+            yield step.items, step.pair, step.status, cache, used, gr.skip()
 
     @friendly
     def preview(self, progress: Any = PROGRESS, *, cache: Any, **settings: Any) -> Iterator:
@@ -180,8 +181,8 @@ class PortraitEditor:
         resolutions = service.resolutions[:1] if moving else service.resolutions[-1:]
         by_hand = dataclasses.replace(edit, auto=False)
         steps = self._edit_steps(by_hand, cache, progress, resolutions, finished=not moving)
-        for items, pair, status, _used in steps:
-            yield items, pair, status, cache, gr.skip(), False
+        for step in steps:
+            yield step.items, step.pair, step.status, cache, gr.skip(), False
 
     @friendly
     def edit_api(

@@ -96,12 +96,14 @@ def _named_by_file(exc: InputImageError, photo: str | os.PathLike) -> InputImage
 
 
 class EditStep(NamedTuple):
-    """One rendering of an edit: the preview first (when there is one), then the full size."""
+    """One rendering of an edit (``result``, the one edit result): the preview first (when
+    there is one), then the full size."""
 
     items: list[GalleryItem]  # the edited images with their captions
     pair: tuple[PIL.Image.Image, PIL.Image.Image]  # (before, first result) for a comparison
     status: str  # method, samples, strength, elapsed time
     strength: float  # the strength used (the one found, when it was "auto")
+    result: EditResult  # the codes behind the images
 
 
 @dataclass
@@ -402,7 +404,7 @@ class EditingService:
             label += "" if last else ", full size on its way…"
             elapsed = time.perf_counter() - started
             status_line = f"{status} · {elapsed:.1f} s{label}"
-            yield EditStep(items, (before, images[0]), status_line, strength)
+            yield EditStep(items, (before, images[0]), status_line, strength, edit)
 
     def sweep(
         self,
