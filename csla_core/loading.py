@@ -120,9 +120,7 @@ def _download_mappers(repo: str, directory: Path, allow_download: bool) -> Path:
 
 def load_mappers_for(pipe: CSLAPipeline, path: Path, device: torch.device) -> CSLAMappers:
     """Mappers from ``path``, refused when they were made for other models than ``pipe``'s."""
-    from .models.mappers import CSLAMappers
-
-    mappers = CSLAMappers.load(path, device=device)
+    mappers = weights.load_mappers(path, device=device)
     if not weights.check_mappers_models(mappers.config.meta, pipe.fingerprints, path):
         logger.warning("%s does not record which models it was made for; using it as it is", path)
     return mappers

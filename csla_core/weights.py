@@ -8,7 +8,9 @@ Resolution order for each file (first hit wins):
 5. a download from the pinned hub repo and revision, unless offline (``HF_HUB_OFFLINE=1``
    or ``allow_download=False``).
 Nothing is ever downloaded at import. Files with a known size and sha256 are checked before
-use; checkpoints are read with ``torch.load(weights_only=True)`` (no code execution).
+use; checkpoints are read with ``torch.load(weights_only=True)`` (no code execution). CSLA
+mapper files are written and read here too (``save_mappers`` / ``load_mappers``: safetensors
+with the config in the metadata), so the model modules do no file I/O.
 """
 
 from __future__ import annotations
@@ -25,8 +27,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from .errors import WeightsError
+from .models.mappers import CSLAMappers, MapperConfig
 
 DEFAULT_CHECKPOINT_DIR = Path("checkpoints")
 
@@ -539,6 +544,53 @@ def check_mappers_models(
             "calibrate`, or give the matching mappers with --mappers."
         )
     return True
+
+
+# The "format" metadata entry of a mappers file (its config is the "csla_config" entry).
+MAPPERS_FORMAT_TAG = "csla-mappers-v1"
+
+
+def save_mappers(mappers: CSLAMappers, path: str | os.PathLike) -> Path:
+    """Write ``mappers`` to ``path`` (.safetensors, config in its metadata) and a sidecar
+    ``.json`` with the config; returns the path written."""
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        path = path.with_suffix(".safetensors")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in mappers.state_dict().items()}
+    config = mappers.config.to_json()
+    save_file(tensors, str(path), metadata={"format": MAPPERS_FORMAT_TAG, "csla_config": config})
+    path.with_suffix(".json").write_text(json.dumps(json.loads(config), indent=2) + "\n")
+    return path
+
+
+def load_mappers(path: str | os.PathLike, device: str | torch.device = "cpu") -> CSLAMappers:
+    """Mappers from a file written by ``save_mappers`` (or a folder holding
+    ``mappers.safetensors``), in eval mode on ``device``. Never unpickles anything."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "mappers.safetensors"
+    if not path.is_file():
+        raise WeightsError(f"no CSLA mapper file at {path}; train one with `train` first")
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as fh:
+            meta = fh.metadata() or {}
+            tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+    except Exception as exc:  # safetensors raises several types for corrupt headers
+        raise WeightsError(f"{path} is not a readable safetensors file: {exc}") from exc
+    if meta.get("format") != MAPPERS_FORMAT_TAG or "csla_config" not in meta:
+        sidecar = path.with_suffix(".json")
+        if not sidecar.is_file():
+            raise WeightsError(f"{path} has no CSLA mapper config (metadata or .json)")
+        config = MapperConfig.from_json(sidecar.read_text())
+    else:
+        config = MapperConfig.from_json(meta["csla_config"])
+    model = CSLAMappers(config)
+    try:
+        model.load_state_dict(tensors, strict=True)
+    except RuntimeError as exc:
+        raise WeightsError(f"{path} does not match its config: {exc}") from exc
+    return model.to(device).eval()
 
 
 # ---------------------------------------------------------------------- shipped edit directions

@@ -9,13 +9,13 @@ import torch
 from csla_core.editing.editor import TextEditor
 from csla_core.evaluation.ablation import edit_ratio
 from csla_core.models.builders import build_tiny_models
-from csla_core.models.mappers import CSLAMappers, GroupMLP
+from csla_core.models.mappers import GroupMLP
 from csla_core.training import calibrate as calibration
 from csla_core.training.calibrate import CalibrationConfig, calibrate, fit_ridge, place_linear
 from csla_core.training.config import TrainConfig
 from csla_core.training.loop import train
 from csla_core.training.sampling import sample_batch, sampling_options, seeded
-from csla_core.weights import model_fingerprint
+from csla_core.weights import load_mappers, model_fingerprint
 
 RES = TrainConfig.tiny().max_resolution
 
@@ -45,7 +45,7 @@ def test_calibration_is_no_worse_than_300_training_steps(tiny, calibrated, tmp_p
     generator, clip = tiny
     cfg = TrainConfig.tiny(eval_samples=0)
     train(generator, clip, cfg, output_dir=tmp_path)
-    trained = CSLAMappers.load(tmp_path / "mappers.safetensors")
+    trained = load_mappers(tmp_path / "mappers.safetensors")
     held = sample_batch(
         generator, clip, 256, seeded(cfg.eval_seed), latent_avg=trained.latent_avg[:1],
         **sampling_options(cfg),
@@ -65,7 +65,7 @@ def test_calibrated_mappers_record_their_models_and_load(tiny, calibrated):
     meta = calibrated.mappers.config.meta
     assert meta["generator_sha256"] == model_fingerprint(generator)
     assert meta["clip_sha256"] == model_fingerprint(clip)
-    loaded = CSLAMappers.load(calibrated.path)
+    loaded = load_mappers(calibrated.path)
     x = torch.randn(5, clip.embed_dim, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         torch.testing.assert_close(loaded.w_mapper(x), calibrated.mappers.w_mapper(x))
@@ -137,5 +137,5 @@ def test_training_starts_from_calibrated_mappers_and_only_improves_them(tiny, ca
     assert stats["kept"] in ("trained mappers", "initial mappers (training did not improve them)")
     total = stats["ratio_w"] + stats["ratio_s"]
     assert total <= stats["initial_ratio_w"] + stats["initial_ratio_s"]
-    meta = CSLAMappers.load(tmp_path / "mappers.safetensors").config.meta
+    meta = load_mappers(tmp_path / "mappers.safetensors").config.meta
     assert meta["generator_sha256"] == model_fingerprint(generator)  # trained ones record it too

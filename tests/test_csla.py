@@ -42,6 +42,7 @@ from csla_core.training.config import TrainConfig
 from csla_core.training.hub import model_card
 from csla_core.training.loop import train
 from csla_core.training.sampling import heldout_error
+from csla_core.weights import load_mappers, save_mappers
 
 RES = 8  # render size everywhere in these tests
 PROMPT = "a smiling face"
@@ -65,7 +66,7 @@ def trained(tiny, tmp_path_factory):
 @pytest.fixture(scope="module")
 def editor(tiny, trained):
     generator, clip = tiny
-    mappers = CSLAMappers.load(trained[0] / "mappers.safetensors")
+    mappers = load_mappers(trained[0] / "mappers.safetensors")
     return TextEditor(generator, clip, mappers, render_resolution=RES)
 
 
@@ -148,9 +149,9 @@ def test_mapper_save_load_roundtrip_and_rejects_pickle(tiny, tmp_path):
         mappers.w_mapper.w_scale.uniform_(0.5, 2.0)
         mappers.s_mapper.s_scale.uniform_(0.5, 2.0)
         mappers.latent_avg.normal_()
-    path = mappers.save(tmp_path / "m.safetensors")
+    path = save_mappers(mappers, tmp_path / "m.safetensors")
     assert json.loads((tmp_path / "m.json").read_text())["clip_dim"] == 64
-    loaded = CSLAMappers.load(path)
+    loaded = load_mappers(path)
     from csla_core.models.mappers import generator_styles_fn
 
     fn = generator_styles_fn(generator, mappers.latent_avg)
@@ -160,9 +161,9 @@ def test_mapper_save_load_roundtrip_and_rejects_pickle(tiny, tmp_path):
 
     torch.save({"weights": torch.zeros(3)}, tmp_path / "pickled.safetensors")
     with pytest.raises(WeightsError):
-        CSLAMappers.load(tmp_path / "pickled.safetensors")
+        load_mappers(tmp_path / "pickled.safetensors")
     with pytest.raises(WeightsError):
-        CSLAMappers.load(tmp_path / "missing.safetensors")
+        load_mappers(tmp_path / "missing.safetensors")
 
 
 @settings(max_examples=25, deadline=None)
@@ -197,9 +198,9 @@ def test_training_beats_trivial_predictor(trained):
 def test_checkpoint_reloads_to_identical_outputs(tiny, trained):
     generator, clip = tiny
     out, stats, cfg = trained
-    final = CSLAMappers.load(out / "mappers.safetensors")
+    final = load_mappers(out / "mappers.safetensors")
     ckpt_dir = out / "checkpoints" / f"step-{cfg.steps:07d}"
-    ckpt = CSLAMappers.load(ckpt_dir / "mappers.safetensors")
+    ckpt = load_mappers(ckpt_dir / "mappers.safetensors")
     for k, v in final.state_dict().items():
         assert torch.equal(v, ckpt.state_dict()[k]), k
     state = torch.load(ckpt_dir / "state.pt", weights_only=True)
@@ -249,8 +250,8 @@ def test_resume_continues_exactly(tiny, tmp_path):
     )
     assert stats["generated_samples"] == 2 * 8  # only the two remaining steps were sampled
     assert stats["clip_consistency"] > 0
-    a = CSLAMappers.load(tmp_path / "a" / "mappers.safetensors").state_dict()
-    b = CSLAMappers.load(tmp_path / "b" / "mappers.safetensors").state_dict()
+    a = load_mappers(tmp_path / "a" / "mappers.safetensors").state_dict()
+    b = load_mappers(tmp_path / "b" / "mappers.safetensors").state_dict()
     for k in a:  # bit-identical here; steps 2 and 4 differ by up to 2.0
         assert torch.allclose(a[k], b[k], rtol=1e-5, atol=1e-6), k
 
@@ -413,7 +414,7 @@ def test_auto_strength_reaches_the_target_clip_gain(tiny, editor):
 
 def test_pipeline_edit_with_auto_strength(tiny, trained):
     generator, clip = tiny
-    mappers = CSLAMappers.load(trained[0] / "mappers.safetensors")
+    mappers = load_mappers(trained[0] / "mappers.safetensors")
     pipe = CSLAPipeline(
         generator=generator,
         encoder=None,

@@ -9,7 +9,7 @@ import huggingface_hub
 import pytest
 
 from csla_core.cli import main as cli_main
-from csla_core.models.mappers import CSLAMappers
+from csla_core.weights import load_mappers
 
 
 class RecordingApi:
@@ -64,8 +64,8 @@ def test_train_push_to_hub_uploads_weights_config_and_card(recorder, tmp_path, c
     assert not any(name.startswith("checkpoints/") for name in files)  # no optimiser states
     # The uploaded weights are the trained ones and load on their own.
     (tmp_path / "got.safetensors").write_bytes(files["mappers.safetensors"])
-    local = CSLAMappers.load(out / "mappers.safetensors").state_dict()
-    for key, value in CSLAMappers.load(tmp_path / "got.safetensors").state_dict().items():
+    local = load_mappers(out / "mappers.safetensors").state_dict()
+    for key, value in load_mappers(tmp_path / "got.safetensors").state_dict().items():
         assert (value == local[key]).all(), key
     config = json.loads(files["train_config.json"])
     assert config["steps"] == 2 and config["batch_size"] == 4

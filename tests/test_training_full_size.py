@@ -25,14 +25,14 @@ def full_size():
 TRAIN_CHILD = """
 import json, sys
 from csla_core import load_pipeline
-from csla_core.models.mappers import CSLAMappers
 from csla_core.training.config import TrainConfig
 from csla_core.training.loop import train
+from csla_core.weights import load_mappers
 pipe = load_pipeline(random_weights=True, device="cpu", with_encoder=False, with_mappers=False)
 config = TrainConfig(steps=2, batch_size=2, eval_samples=4, latent_avg_samples=256,
                      scale_samples=64, save_every=0)
 stats = train(pipe.generator, pipe.clip, config, output_dir=sys.argv[1])
-rows = CSLAMappers.load(sys.argv[1] + "/mappers.safetensors").config.n_latent
+rows = load_mappers(sys.argv[1] + "/mappers.safetensors").config.n_latent
 # VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the forking parent across exec.
 hwm = next(l for l in open("/proc/self/status") if l.startswith("VmHWM:"))
 peak = int(hwm.split()[1]) / 2**20  # GiB (the line is in kB)

@@ -465,7 +465,7 @@ def _tiny_pipe(seed: int, **options):
 def test_mappers_belong_to_the_models_they_were_made_for(tmp_path):
     pipe = _tiny_pipe(0)
     pipe.mappers.config.meta.update(weights.models_meta(pipe.fingerprints))
-    path = pipe.mappers.save(tmp_path / "mine.safetensors")
+    path = weights.save_mappers(pipe.mappers, tmp_path / "mine.safetensors")
     again = _tiny_pipe(0, mappers_path=path)
     assert again.sources["mappers"] == str(path)
     other = _tiny_pipe(1)
@@ -476,7 +476,7 @@ def test_mappers_belong_to_the_models_they_were_made_for(tmp_path):
     for fingerprints in (pipe.fingerprints, other.fingerprints):
         assert fingerprints["generator"][:12] in str(excinfo.value)
     # A folder holding mappers.safetensors (what calibrate and train write) works as --mappers.
-    pipe.mappers.save(tmp_path / "run" / "mappers.safetensors")
+    weights.save_mappers(pipe.mappers, tmp_path / "run" / "mappers.safetensors")
     assert _tiny_pipe(0, mappers_path=tmp_path / "run").mappers is not None
 
 

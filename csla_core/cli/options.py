@@ -127,14 +127,14 @@ def build_models(args: argparse.Namespace) -> tuple[Generator, ClipEmbedder, str
 
 def load_mappers(path: Path | None, generator: Generator):
     """Trained mappers on the generator's device, or a CSLAError saying how to get them."""
-    from ..models.mappers import CSLAMappers
+    from .. import weights
 
     if path is None:
         raise CSLAError(
             "no --mappers given: train them first (`train --tiny -o DIR`) or use "
             "--method optimise for the slower latent optimisation"
         )
-    return CSLAMappers.load(path, device=_device_of(generator))
+    return weights.load_mappers(path, device=_device_of(generator))
 
 
 def build_pipeline(args: argparse.Namespace, **options) -> CSLAPipeline:

@@ -29,11 +29,12 @@ import torch
 from ..editing.editor import TextEditor
 from ..errors import CSLAError
 from ..models.clip import ClipEmbedder
-from ..models.mappers import CENTRE_STRATEGIES, MIXING_MODES, CSLAMappers
+from ..models.mappers import CENTRE_STRATEGIES, MIXING_MODES
 from ..models.stylegan2 import Generator
 from ..training.config import TrainConfig
 from ..training.loop import train
 from ..training.sampling import SampleCache, Samples, heldout_error, sample_batch
+from ..weights import load_mappers
 
 DEFAULT_SWEEPS: tuple[str, ...] = (
     "centre=" + ",".join(CENTRE_STRATEGIES),
@@ -172,7 +173,7 @@ def run_ablation(
             sample_cache=renders,
         )
         seconds = time.perf_counter() - t0
-        mappers = CSLAMappers.load(
+        mappers = load_mappers(
             output_dir / name.replace("=", "-") / "mappers.safetensors",
             device=generator.input.input.device,
         )

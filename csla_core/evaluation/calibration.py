@@ -12,11 +12,11 @@ from pathlib import Path
 
 from ..editing.editor import TextEditor
 from ..models.builders import build_tiny_models
-from ..models.mappers import CSLAMappers
 from ..training.calibrate import CalibrationConfig, calibrate
 from ..training.config import TrainConfig
 from ..training.loop import train
 from ..training.sampling import heldout_error, sample_batch, sampling_options, seeded
+from ..weights import load_mappers
 from .ablation import edit_ratio
 
 
@@ -43,7 +43,7 @@ def compare_calibration(
         with tempfile.TemporaryDirectory(prefix="csla-calibration-") as tmp:
             started = time.perf_counter()
             train(generator, clip, cfg, output_dir=Path(tmp) / "train")
-            trained = CSLAMappers.load(Path(tmp) / "train" / "mappers.safetensors")
+            trained = load_mappers(Path(tmp) / "train" / "mappers.safetensors")
             train_s = time.perf_counter() - started
             held = sample_batch(
                 generator, clip, n_heldout, seeded(cfg.eval_seed),

@@ -40,28 +40,24 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
 from typing import Literal, NamedTuple
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import nn
 
-from ..errors import WeightsError
 from .ops import EqualLinear, PixelNorm
 
 CentreStrategy = Literal["ema", "temporal", "fixed_mean", "wavg_image", "text"]
 MixingMode = Literal["none", "self_mod", "gates", "both"]
 CENTRE_STRATEGIES: tuple[str, ...] = ("ema", "temporal", "fixed_mean", "wavg_image", "text")
 MIXING_MODES: tuple[str, ...] = ("none", "self_mod", "gates", "both")
-FORMAT_TAG = "csla-mappers-v1"
 StylesFn = Callable[[torch.Tensor], torch.Tensor]  # W+ residual [B,n,D] -> flat S residual [B,C]
 
 
 @dataclass
 class MapperConfig:
-    """Shapes and options of ``CSLAMappers``; saved with the weights (JSON)."""
+    """Shapes and options of ``CSLAMappers``; saved with the weights as JSON
+    (``csla_core.weights.save_mappers``)."""
 
     clip_dim: int
     style_dim: int
@@ -409,44 +405,3 @@ class CSLAMappers(nn.Module):
     ) -> MappedResiduals:
         """CLIP embedding(s) [B, D] -> residuals w.r.t. the stored centre (inversion, t2i)."""
         return self.map_standardised(self.centre.standardise(features), styles_fn)
-
-    # -- persistence --
-    def save(self, path: str | Path) -> Path:
-        """Write ``path`` (.safetensors, config in its metadata) and a sidecar ``.json``."""
-        path = Path(path)
-        if path.suffix != ".safetensors":
-            path = path.with_suffix(".safetensors")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        config = self.config.to_json()
-        save_file(tensors, str(path), metadata={"format": FORMAT_TAG, "csla_config": config})
-        path.with_suffix(".json").write_text(json.dumps(json.loads(config), indent=2) + "\n")
-        return path
-
-    @classmethod
-    def load(cls, path: str | Path, device: str | torch.device = "cpu") -> CSLAMappers:
-        """Load from a .safetensors file written by ``save`` (never unpickles anything)."""
-        path = Path(path)
-        if path.is_dir():
-            path = path / "mappers.safetensors"
-        if not path.is_file():
-            raise WeightsError(f"no CSLA mapper file at {path}; train one with `train` first")
-        try:
-            with safe_open(str(path), framework="pt", device="cpu") as fh:
-                meta = fh.metadata() or {}
-                tensors = {k: fh.get_tensor(k) for k in fh.keys()}
-        except Exception as exc:  # safetensors raises several types for corrupt headers
-            raise WeightsError(f"{path} is not a readable safetensors file: {exc}") from exc
-        if meta.get("format") != FORMAT_TAG or "csla_config" not in meta:
-            sidecar = path.with_suffix(".json")
-            if not sidecar.is_file():
-                raise WeightsError(f"{path} has no CSLA mapper config (metadata or .json)")
-            config = MapperConfig.from_json(sidecar.read_text())
-        else:
-            config = MapperConfig.from_json(meta["csla_config"])
-        model = cls(config)
-        try:
-            model.load_state_dict(tensors, strict=True)
-        except RuntimeError as exc:
-            raise WeightsError(f"{path} does not match its config: {exc}") from exc
-        return model.to(device).eval()

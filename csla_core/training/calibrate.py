@@ -34,7 +34,13 @@ from ..models.mappers import CSLAMappers, GroupMLP
 from ..models.ops import ACTIVATION_GAIN
 from ..models.stylegan2 import Generator
 from ..pipeline import CSLAPipeline
-from ..weights import mappers_cache_dir, mappers_filename, model_fingerprint, models_meta
+from ..weights import (
+    mappers_cache_dir,
+    mappers_filename,
+    model_fingerprint,
+    models_meta,
+    save_mappers,
+)
 from .config import TrainConfig
 from .loop import initial_mappers
 from .sampling import Samples, aux_seed, sample_batch, seeded
@@ -139,7 +145,7 @@ def calibrate(
         ),
     )
     fit_s = time.perf_counter() - started
-    path = mappers.eval().save(out / MAPPERS_FILE)
+    path = save_mappers(mappers.eval(), out / MAPPERS_FILE)
     return CalibrationResult(
         mappers=mappers,
         path=path,

@@ -25,7 +25,7 @@ def model_card(output_dir: str | Path, repo_id: str) -> str:
         "CLIP-residual -> StyleGAN2 W+/S residual mappers trained data-free, an implementation of",
         "*Bridging CLIP and StyleGAN through Latent Alignment for Image Editing*",
         "(arXiv 2210.04506). Weights: `mappers.safetensors` (config in the metadata and in",
-        "`mappers.json`). Load with `csla_core.models.mappers.CSLAMappers.load(path)`.",
+        "`mappers.json`). Load with `csla_core.weights.load_mappers(path)`.",
         "",
         "## Training",
         "```json",

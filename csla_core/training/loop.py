@@ -32,7 +32,7 @@ from ..errors import CSLAError, WeightsError
 from ..models.clip import ClipEmbedder
 from ..models.mappers import CSLAMappers, mapper_config_for
 from ..models.stylegan2 import Generator
-from ..weights import model_fingerprint, models_meta
+from ..weights import load_mappers, model_fingerprint, models_meta, save_mappers
 from .config import TrainConfig
 from .losses import step_loss
 from .sampling import (
@@ -247,7 +247,7 @@ def _resume_from(
     prev: Samples | None = None
     if resume is not None:
         ckpt = _resolve_resume(resume, output_dir)
-        loaded = CSLAMappers.load(ckpt / "mappers.safetensors", device=device)
+        loaded = load_mappers(ckpt / "mappers.safetensors", device=device)
         if loaded.config.to_json() != mappers.config.to_json():
             raise WeightsError(f"checkpoint {ckpt} was trained with a different mapper config")
         mappers.load_state_dict(loaded.state_dict())
@@ -262,7 +262,7 @@ def _resume_from(
 def _start_from(path: str, mappers: CSLAMappers) -> dict[str, torch.Tensor]:
     """Load the weights of the mappers at ``path`` (made with the same architecture) into
     ``mappers``; returns a copy of them (kept if training does not improve on them)."""
-    init = CSLAMappers.load(path)
+    init = load_mappers(path)
     if asdict(init.config) | {"meta": {}} != asdict(mappers.config) | {"meta": {}}:
         raise CSLAError(f"{path} has another architecture than this training's config")
     mappers.load_state_dict(init.state_dict())
@@ -307,7 +307,7 @@ def _finish(
             )
         stats.update(held)
     if acc.is_main_process:
-        core.save(output_dir / "mappers.safetensors")
+        save_mappers(core, output_dir / "mappers.safetensors")
         (output_dir / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
     if acc.is_main_process:
         (output_dir / "train_stats.json").write_text(json.dumps(stats, indent=2) + "\n")
@@ -348,7 +348,7 @@ def _save_checkpoint(
         return
     ckpt = output_dir / "checkpoints" / f"step-{step:07d}"
     ckpt.mkdir(parents=True, exist_ok=True)
-    core.save(ckpt / "mappers.safetensors")
+    save_mappers(core, ckpt / "mappers.safetensors")
     # Tensors, numbers and strings only: reloadable with torch.load(weights_only=True).
     state: dict[str, object] = {
         "step": step,
