@@ -25,3 +25,7 @@ class NoFaceError(InputImageError):
 
 class PromptError(CSLAError):
     """A text prompt cannot be used (empty, ...)."""
+
+
+class PrecisionError(CSLAError, ValueError):
+    """A precision that does not exist, or that this device cannot run (fp16 on a CPU)."""

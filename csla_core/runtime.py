@@ -14,6 +14,8 @@ import logging
 import platform
 from dataclasses import dataclass
 
+from .errors import PrecisionError
+
 logger = logging.getLogger(__name__)
 
 # mallopt() parameter numbers from glibc's <malloc.h>.
@@ -190,9 +192,9 @@ def choose_precision(requested: str, device_type: str) -> PrecisionChoice:
     if requested == "auto" and os.environ.get(PRECISION_ENV):
         requested, reason = os.environ[PRECISION_ENV].strip().lower(), f"{PRECISION_ENV} is set"
     if requested not in PRECISION_CHOICES:
-        raise ValueError(f"precision must be one of {PRECISION_CHOICES}, got {requested!r}")
+        raise PrecisionError(f"precision must be one of {PRECISION_CHOICES}, got {requested!r}")
     if requested == "fp16" and device_type != "cuda":
-        raise ValueError("fp16 is for CUDA GPUs; on a CPU use bf16 or fp32")
+        raise PrecisionError("fp16 is for CUDA GPUs; on a CPU use bf16 or fp32")
     if requested != "auto":
         return PrecisionChoice(requested, reason)
     if device_type != "cpu":

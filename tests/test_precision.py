@@ -106,3 +106,11 @@ def test_bf16_pipeline_edits_like_fp32(pipes):
         assert float((fallback.wplus - wplus).abs().max()) > 0  # the optimiser moved it
     finally:
         bf16.use_mappers(mappers, "random")
+
+
+def test_a_precision_the_device_cannot_run_is_one_clear_error(tmp_path, capsys):
+    from csla_core.cli import main as cli_main
+
+    argv = ["generate", "a face", "--random-weights", "--device", "cpu", "--precision", "fp16"]
+    assert cli_main([*argv, "-o", str(tmp_path)]) == 2
+    assert "error: fp16 is for CUDA GPUs" in capsys.readouterr().err
