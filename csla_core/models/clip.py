@@ -133,9 +133,9 @@ class ClipEmbedder(nn.Module):
         statistics and the returned embeddings stay float32.
 
         In bf16, torch's attention projects a batch-first text input through a broadcast
-        batched matmul that copies the weight once per token (7x slower than fp32 on a 2-core
-        CPU); the text transformer is switched to sequence-first, which gives the same result
-        through plain matrix products (README, "Reduced precision on CPU").
+        batched matmul that copies the weight once per token; the text transformer is switched
+        to sequence-first, the same maths through plain matrix products (README, "Reduced
+        precision on CPU").
         """
         self.model.to(dtype)
         transformer = getattr(self.model, "transformer", None)
