@@ -28,11 +28,7 @@ minus a CLIP-space manipulation centre) to a W residual (w - w_avg) and an S res
   ds = g * ds_direct + (1 - g) * ds_w (hard 0/1 gates would be classic style mixing);
   ``"self_mod"`` (A1) ds_direct' = ds_direct * (1 + gamma) + beta, (gamma, beta) = MLP(ds_direct),
   zero-initialised so it starts as the identity; ``"both"`` (default) applies A1 then A2;
-  ``"none"``. Measured on the tiny random models (300 steps, held-out S error / trivial):
-  none 0.275, gates 0.254, self_mod 0.220, both 0.210. The ablation command (same seed, shared
-  samples and held-out set, 300 steps; README) gives none 0.290, gates 0.263, both 0.241,
-  self_mod 0.226; with seeds 1 / 2, both 0.218 / 0.204 and self_mod 0.225 / 0.198: the two are
-  within seed-to-seed noise of each other on random models.
+  ``"none"``. Their measured held-out errors are in docs/method.md ("Mixing modes").
 """
 
 from __future__ import annotations
