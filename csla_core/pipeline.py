@@ -124,8 +124,6 @@ class CSLAPipeline:
         if image.ndim != 4 or image.shape[1] != 3:
             raise ValueError(f"expected [B, 3, H, W] in [-1, 1], got {tuple(image.shape)}")
         image = resize_batch(image.to(self.device, torch.float32), ENCODER_INPUT_SIZE)
-        dtype = self.encoder.input_layer[0].weight.dtype  # as stored (float32 on a CPU)
-        image = image.to(dtype, memory_format=torch.channels_last)
         with self.autocast():
             codes = self.encoder(image)
         return codes.float() + self.latent_avg

@@ -185,8 +185,8 @@ class ModulatedConv2d(nn.Module):
         """``gain * modulated_weight(s)[0]`` for one sample s [1, in], as channels-last
         ``conv2d`` weights [out, in, kh, kw] in the stored weight's dtype: the whole kernel, or
         for an upsampling layer its four polyphase sub-kernels (see ``POLYPHASE_TAPS``)."""
-        coef, demod = self._fast_scales(s, gain)
-        kernels, _ = self._fast_kernels()
+        kernels, sum_sq = self._fast_kernels()
+        coef, demod = self._fast_scales(s, gain, sum_sq)
         scale = coef[None, :] if demod is None else demod[:, None] * coef[None, :]
         scale = scale[:, :, None, None]  # [out, in, 1, 1]
         # The product is formed in float32 and rounded once to the stored dtype.
@@ -207,25 +207,24 @@ class ModulatedConv2d(nn.Module):
         """
         if not self.demodulate or pixels >= self.kernel_size**2 * self.out_channels:
             return None, self.fast_weights(s, gain), None
-        coef, demod = self._fast_scales(s, 1.0)
-        kernels, _ = self._fast_kernels()
+        kernels, sum_sq = self._fast_kernels()
+        coef, demod = self._fast_scales(s, 1.0, sum_sq)
         dtype = kernels[0].dtype
         return coef.to(dtype), [_channels_last(k) for k in kernels], demod * gain
 
     def _fast_scales(
-        self, s: torch.Tensor, gain: float
+        self, s: torch.Tensor, gain: float, sum_sq: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(per-input-channel factor ``scale * gain * s`` [in], demodulation [out] or None),
         in float32 (or float64).
 
         Demodulation needs sum over (in, k, k) of (W * s)^2 = sum over in of s^2 * sum over
-        (k, k) of W^2: a matrix-vector product with the per-tap sum of squares (cached), so
-        the full weight is never squared per call.
+        (k, k) of W^2: a matrix-vector product with ``sum_sq``, the per-tap sum of squares
+        (``_fast_kernels``), so the full weight is never squared per call.
         """
         coef = (self.scale * gain) * s[0].to(_accurate(s.dtype))
         if not self.demodulate:
             return coef, None
-        _, sum_sq = self._fast_kernels()
         return coef, torch.rsqrt(sum_sq @ (coef * coef) * (1.0 / gain**2) + 1e-8)
 
     def _fast_kernels(self) -> tuple[list[torch.Tensor], torch.Tensor]:
