@@ -225,17 +225,17 @@ def load_pipeline(
 
 def use_cpu_precision(pipe: CSLAPipeline) -> None:
     """Store the models' weights once in the pipeline's precision, for the CPU's native
-    kernels: the generator's convolutions channels-last (``Generator.prepare_synthesis``) and
-    CLIP cast whole. Fingerprints are taken first, from the weights as loaded, so mappers made
-    in either precision belong to the same models.
-
-    The e4e encoder stays float32: its 24 residual units each add their rounding, and in bf16
-    its codes come too close to the 2e-2 bound (README, "Reduced precision on CPU").
+    kernels: the generator's convolutions channels-last (``Generator.prepare_synthesis``), the
+    e4e encoder's style blocks stacked (``Encoder4Editing.prepare_heads``; its backbone stays
+    float32) and CLIP cast whole. Fingerprints are taken first, from the weights as loaded, so
+    mappers made in either precision belong to the same models.
     """
     dtype = PRECISIONS[pipe.precision]
     if dtype != torch.float32:
         pipe.fingerprints  # noqa: B018 - computed before the weights are rounded
     pipe.generator.prepare_synthesis(dtype)
+    if pipe.encoder is not None:
+        pipe.encoder.prepare_heads(dtype)
     if pipe.clip is not None and dtype != torch.float32:
         pipe.clip.cast(dtype)
 

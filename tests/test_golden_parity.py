@@ -187,11 +187,15 @@ def test_bf16_pipeline_stays_within_tolerance_of_golden(e4e_checkpoint_file, g_g
     pipe = load_pipeline(e4e_path=path, device="cpu", with_clip=False, precision="bf16")
     assert pipe.precision == "bf16"
     assert pipe.generator.synthesis_dtype == torch.bfloat16
-    # The encoder stays float32 (loading.use_cpu_precision: in bf16 its codes measured 1.9e-2
-    # from these, too near the bound): exact to the fp32 tolerance.
-    assert next(pipe.encoder.parameters()).dtype == torch.float32
+    # The encoder's backbone stays float32 (in bf16 the codes measured 1.9e-2 from these, too
+    # near the bound), its style blocks are bf16: the codes measured 5.1e-3.
+    encoder = pipe.encoder
+    assert encoder.input_layer[0].weight.dtype == torch.float32
+    assert {p.dtype for p in encoder.body.parameters()} == {torch.float32}
+    assert {p.dtype for p in encoder.styles.parameters()} == {torch.bfloat16, torch.float32}
+    assert encoder.styles[0].convs[0].weight.dtype == torch.bfloat16
     codes = pipe.invert_aligned(torch.from_numpy(e_golden["image"])) - latent_avg
-    assert relative_error(codes, e_golden["codes"]) < TOL
+    assert 1e-4 < relative_error(codes, e_golden["codes"]) < BF16_TOL
     image = pipe.render(torch.from_numpy(g_golden["wplus"]))
     assert image.dtype == torch.float32 and image.shape == (1, 3, 1024, 1024)
     pooled = relative_error(F.avg_pool2d(image, 16), g_golden["img_wplus_pool16"])

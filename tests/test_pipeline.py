@@ -198,7 +198,7 @@ def test_reduced_precision_matches_fp32_within_tolerance():
     2e-2 is the documented bf16 tolerance (README of tests/fixtures/golden). Measured on a 2-core
     AMD EPYC (AVX512-BF16), torch 2.15: render 8.2e-3. That is bf16 rounding, not summation
     order (fp32 differences are 1e-6), so it hardly moves with the CPU. The lower bound 1e-4
-    fails when bf16 is not used at all. The encoder stays float32 (loading.use_cpu_precision).
+    fails when bf16 is not used at all.
     """
     fp32 = load_pipeline(random_weights=True, device="cpu", size=64, seed=3, with_clip=False)
     bf16 = load_pipeline(
@@ -210,7 +210,10 @@ def test_reduced_precision_matches_fp32_within_tolerance():
     assert reduced.dtype == torch.float32
     assert 1e-4 < float((reduced - reference).norm() / reference.norm()) < 2e-2
     image = torch.rand(1, 3, 256, 256, generator=torch.Generator().manual_seed(1)) * 2 - 1
-    torch.testing.assert_close(bf16.invert_aligned(image), fp32.invert_aligned(image))
+    # The encoder's style blocks run in bf16, its backbone in float32 (5.1e-3 on the golden
+    # data, test_golden_parity; 2.3e-3 here): the codes, W+ less latent_avg, to the same 2e-2.
+    codes = [p.invert_aligned(image) - p.latent_avg for p in (fp32, bf16)]
+    assert 1e-4 < float((codes[1] - codes[0]).norm() / codes[0].norm()) < 2e-2
     with pytest.raises(ValueError, match="precision"):
         load_pipeline(random_weights=True, device="cpu", size=32, with_clip=False, precision="fp8")
 

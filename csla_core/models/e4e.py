@@ -94,7 +94,9 @@ class GradualStyleBlock(nn.Module):
         self.channels = channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.linear(self.convs(x).reshape(-1, self.channels))
+        # The convolutions may be stored in bf16 (``Encoder4Editing.prepare_heads``).
+        x = self.convs(x.to(self.convs[0].weight.dtype))
+        return self.linear(x.reshape(-1, self.channels).to(self.linear.weight.dtype))
 
 
 def _upsample_add(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -126,9 +128,61 @@ class Encoder4Editing(nn.Module):
         self.latlayer1 = nn.Conv2d(256, dim, 1)
         self.latlayer2 = nn.Conv2d(128, dim, 1)
 
+        # Set by ``prepare_heads``: per group of style blocks, the stacked convolution weights
+        # and biases per layer, and the parameters that must still be views of them.
+        self._stacked: list[tuple[range, list[tuple[torch.Tensor, torch.Tensor]]]] = []
+        self._stacked_views: list[tuple[torch.Tensor, int]] = []
+
     @property
     def n_styles(self) -> int:
         return self.config.n_styles
+
+    def _groups(self) -> list[range]:
+        """The style blocks that read the same feature map: coarse, middle, fine rows."""
+        return [
+            range(0, COARSE_END),
+            range(COARSE_END, MIDDLE_END),
+            range(MIDDLE_END, self.n_styles),
+        ]
+
+    def prepare_heads(self, dtype: torch.dtype = torch.float32) -> Encoder4Editing:
+        """Store the style blocks' convolutions (231 M of the encoder's 267 M weights) stacked
+        per group, channels-last, in ``dtype``, for inference.
+
+        The blocks of a group read the same features, so their first convolutions run as one
+        (the weights concatenated) and the later ones as one grouped convolution: 0.82x the
+        per-block time in float32. Each block's parameters become views of the stacked
+        tensors, so nothing is stored twice and loading a state dict still updates them.
+        The backbone stays float32: its 24 residual units each add their rounding (in bf16
+        the codes were 1.9e-2 from float32's; with bf16 heads only, 5.1e-3; README, "Reduced
+        precision on CPU").
+        """
+        self._stacked, self._stacked_views = [], []
+        for group in self._groups():
+            blocks = [self.styles[i] for i in group]
+            layers = []
+            for j in range(0, len(blocks[0].convs), 2):
+                convs = [block.convs[j] for block in blocks]
+                weight = torch.cat([c.weight.detach() for c in convs]).to(dtype)
+                weight = weight.contiguous(memory_format=torch.channels_last)
+                bias = torch.cat([c.bias.detach() for c in convs]).to(dtype)
+                step = convs[0].weight.shape[0]
+                for k, conv in enumerate(convs):
+                    conv.weight.data = weight[k * step : (k + 1) * step]
+                    conv.bias.data = bias[k * step : (k + 1) * step]
+                    self._stacked_views += [(conv.weight, conv.weight.data_ptr())]
+                layers.append((weight, bias))
+            self._stacked.append((group, layers))
+        return self
+
+    def _stacked_ready(self) -> bool:
+        """The stacked heads are usable: prepared, still the parameters' storage (``.to()``
+        replaces it) and no gradient wanted (autograd needs the per-block parameters)."""
+        if not self._stacked or (
+            torch.is_grad_enabled() and self._stacked_views[0][0].requires_grad
+        ):
+            return False
+        return all(param.data_ptr() == ptr for param, ptr in self._stacked_views)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """[B, 3, 256, 256] in [-1, 1] -> W+ offsets [B, n_styles, 512] (add latent_avg)."""
@@ -142,13 +196,29 @@ class Encoder4Editing(nn.Module):
                 middle = x  # 256 channels, 32x32
             elif i == self._coarse_at:
                 coarse = x  # 512 channels, 16x16
-        base = self.styles[0](coarse)
-        rows = [base]
-        features = coarse
-        for i in range(1, self.n_styles):
-            if i == COARSE_END:
-                features = _upsample_add(coarse, self.latlayer1(middle))
-            elif i == MIDDLE_END:
-                features = _upsample_add(features, self.latlayer2(fine))
-            rows.append(base + self.styles[i](features))
-        return torch.stack(rows, dim=1)
+        middle_features = _upsample_add(coarse, self.latlayer1(middle))
+        features = [coarse, middle_features, _upsample_add(middle_features, self.latlayer2(fine))]
+        if self._stacked_ready():
+            outs = [
+                self._stacked_block_outputs(f, layers)
+                for f, (_, layers) in zip(features, self._stacked)
+            ]
+            codes = torch.cat(outs, dim=1)  # [B, n_styles, 512]: the blocks' linear layers to go
+            rows = [self.styles[i].linear(codes[:, i]) for i in range(self.n_styles)]
+        else:
+            rows = [self.styles[i](features[k]) for k, g in enumerate(self._groups()) for i in g]
+        base = rows[0]
+        return torch.stack([base] + [base + row for row in rows[1:]], dim=1)
+
+    def _stacked_block_outputs(
+        self, x: torch.Tensor, layers: list[tuple[torch.Tensor, torch.Tensor]]
+    ) -> torch.Tensor:
+        """A group's style blocks on their shared features x [B, C, s, s], before their
+        linear layers: [B, blocks, C] in float32."""
+        blocks = layers[0][0].shape[0] // x.shape[1]
+        slope = self.styles[0].convs[1].negative_slope
+        x = x.to(layers[0][0].dtype).contiguous(memory_format=torch.channels_last)
+        for j, (weight, bias) in enumerate(layers):
+            groups = 1 if j == 0 else blocks
+            x = F.leaky_relu(F.conv2d(x, weight, bias, stride=2, padding=1, groups=groups), slope)
+        return x.reshape(x.shape[0], blocks, -1).to(self.styles[0].linear.weight.dtype)
