@@ -85,14 +85,14 @@ def test_bf16_weights_are_stored_once_and_smaller(pipes):
 
 
 def test_encoder_heads_are_stacked_without_a_copy_and_give_the_same_codes(pipes):
-    """``Encoder4Editing.prepare_heads`` (every CPU pipeline): the style blocks run stacked,
-    their parameters are views of the stacked weights (no second copy), and the codes are
-    the per-block ones: to float32 rounding (measured 2.5e-6 on the golden data), or within
+    """The encoder's style blocks run stacked (bf16 with bf16 pipelines,
+    ``Encoder4Editing.prepare_heads``), their parameters are views of the stacked weights (no
+    second copy), and the codes are the per-block ones: to float32 rounding (measured 2.5e-6 on the golden data), or within
     the project's 2e-2 bf16 bound with bf16 heads."""
     fp32, bf16 = pipes
     image = torch.rand(2, 3, 256, 256) * 2 - 1
     plain = copy.deepcopy(fp32.encoder)
-    plain._stacked = []  # the per-block path
+    plain._stacked_views = []  # the per-block path
     with torch.inference_mode():
         expected = plain(image)
         for pipe, bound in ((fp32, 1e-5), (bf16, 2e-2)):
@@ -100,7 +100,7 @@ def test_encoder_heads_are_stacked_without_a_copy_and_give_the_same_codes(pipes)
             assert encoder._stacked_ready()
             error = float((encoder(image) - expected).norm() / expected.norm())
             assert error < bound, (pipe.precision, error)
-            for group, layers in encoder._stacked:
+            for _, group, layers in encoder._stacked:
                 storage = layers[0][0].untyped_storage().data_ptr()
                 for i in group:
                     weight = encoder.styles[i].convs[0].weight

@@ -25,6 +25,7 @@ from .ops import EqualLinear
 IR50_STAGES = ((64, 64, 3), (64, 128, 4), (128, 256, 14), (256, 512, 3))
 # W+ rows 0-2 read the coarsest feature map (16x16), rows 3-6 the middle (32x32), rows 7+ the fine.
 COARSE_END, MIDDLE_END = 3, 7
+GROUP_SPATIAL = (16, 32, 64)  # the feature map size each group of rows reads
 
 
 @dataclass(frozen=True)
@@ -82,13 +83,28 @@ class BottleneckIRSE(nn.Module):
 
 
 class GradualStyleBlock(nn.Module):
-    """Stride-2 3x3 convolutions down to 1x1, then an equalized linear layer -> one w."""
+    """Stride-2 3x3 convolutions down to 1x1, then an equalized linear layer -> one w.
 
-    def __init__(self, channels: int, spatial: int) -> None:
+    ``storage``, per convolution (weight, bias) tensors of the right shapes: the parameters
+    become views of them, initialised in place (``Encoder4Editing`` stacks the blocks that
+    read the same features)."""
+
+    def __init__(
+        self,
+        channels: int,
+        spatial: int,
+        storage: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
+    ) -> None:
         super().__init__()
         layers: list[nn.Module] = []
-        for _ in range(int(math.log2(spatial))):
-            layers += [nn.Conv2d(channels, channels, 3, stride=2, padding=1), nn.LeakyReLU()]
+        for k in range(int(math.log2(spatial))):
+            if storage is None:
+                conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+            else:
+                conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1, device="meta")
+                conv.weight, conv.bias = (nn.Parameter(t) for t in storage[k])
+                conv.reset_parameters()  # the same random initialisation, in the given storage
+            layers += [conv, nn.LeakyReLU()]
         self.convs = nn.Sequential(*layers)
         self.linear = EqualLinear(channels, channels, lr_mul=1.0)
         self.channels = channels
@@ -120,49 +136,70 @@ class Encoder4Editing(nn.Module):
         ends = torch.cumsum(torch.tensor([c for _, _, c in IR50_STAGES]), 0).tolist()
         self._fine_at, self._middle_at, self._coarse_at = ends[1] - 1, ends[2] - 1, ends[3] - 1
 
+        # The style blocks' convolutions (231 M of the encoder's 267 M weights at 1024) are
+        # stored stacked per group of blocks that read the same features, channels-last: the
+        # whole group's first convolutions run as one and the later ones as one grouped
+        # convolution (``_stacked_block_outputs``). Each block's parameters are views of the
+        # stacked tensors, so nothing is stored twice and loading a state dict fills them.
         dim = self.config.style_dim
+        # (index of the features read, the blocks, per layer the stacked (weight, bias))
+        self._stacked: list[tuple[int, range, list[tuple[torch.Tensor, torch.Tensor]]]] = []
         self.styles = nn.ModuleList()
-        for i in range(self.config.n_styles):
-            spatial = 16 if i < COARSE_END else 32 if i < MIDDLE_END else 64
-            self.styles.append(GradualStyleBlock(dim, spatial))
+        for level, (group, spatial) in enumerate(zip(self._groups(), GROUP_SPATIAL)):
+            if not group:  # encoders for small generators have no middle or fine rows
+                continue
+            layers = [
+                (
+                    torch.empty(len(group) * dim, dim, 3, 3, memory_format=torch.channels_last),
+                    torch.empty(len(group) * dim),
+                )
+                for _ in range(int(math.log2(spatial)))
+            ]
+            self._stacked.append((level, group, layers))
+            for k in range(len(group)):
+                rows = slice(k * dim, (k + 1) * dim)
+                storage = [(weight[rows], bias[rows]) for weight, bias in layers]
+                self.styles.append(GradualStyleBlock(dim, spatial, storage))
+        self._stacked_views = self._views()
         self.latlayer1 = nn.Conv2d(256, dim, 1)
         self.latlayer2 = nn.Conv2d(128, dim, 1)
-
-        # Set by ``prepare_heads``: per group of style blocks, the stacked convolution weights
-        # and biases per layer, and the parameters that must still be views of them.
-        self._stacked: list[tuple[range, list[tuple[torch.Tensor, torch.Tensor]]]] = []
-        self._stacked_views: list[tuple[torch.Tensor, int]] = []
 
     @property
     def n_styles(self) -> int:
         return self.config.n_styles
 
     def _groups(self) -> list[range]:
-        """The style blocks that read the same feature map: coarse, middle, fine rows."""
+        """The style blocks that read the same feature map: the coarse, middle and fine rows."""
+        n = self.config.n_styles
         return [
-            range(0, COARSE_END),
-            range(COARSE_END, MIDDLE_END),
-            range(MIDDLE_END, self.n_styles),
+            range(0, min(COARSE_END, n)),
+            range(COARSE_END, min(MIDDLE_END, n)),
+            range(MIDDLE_END, n),
         ]
 
-    def prepare_heads(self, dtype: torch.dtype = torch.float32) -> Encoder4Editing:
-        """Store the style blocks' convolutions (231 M of the encoder's 267 M weights) stacked
-        per group, channels-last, in ``dtype``, for inference.
+    def _views(self) -> list[tuple[torch.Tensor, int]]:
+        """(parameter, the address it must have to be a view of the stacked tensors)."""
+        views = []
+        for _, group, layers in self._stacked:
+            for j, (weight, bias) in enumerate(layers):
+                step = weight.shape[0] // len(group)
+                for k, i in enumerate(group):
+                    conv = self.styles[i].convs[2 * j]
+                    views.append((conv.weight, weight[k * step :].data_ptr()))
+                    views.append((conv.bias, bias[k * step :].data_ptr()))
+        return views
 
-        The blocks of a group read the same features, so their first convolutions run as one
-        (the weights concatenated) and the later ones as one grouped convolution: 0.82x the
-        per-block time in float32. Each block's parameters become views of the stacked
-        tensors, so nothing is stored twice and loading a state dict still updates them.
-        The backbone stays float32: its 24 residual units each add their rounding (in bf16
-        the codes were 1.9e-2 from float32's; with bf16 heads only, 5.1e-3; README, "Reduced
-        precision on CPU").
-        """
-        self._stacked, self._stacked_views = [], []
-        for group in self._groups():
-            blocks = [self.styles[i] for i in group]
-            layers = []
-            for j in range(0, len(blocks[0].convs), 2):
-                convs = [block.convs[j] for block in blocks]
+    def prepare_heads(self, dtype: torch.dtype = torch.float32) -> Encoder4Editing:
+        """Store the style blocks' convolutions stacked in ``dtype`` (or stack them again after
+        ``.to()``, which copies each parameter on its own), one layer at a time, so that no
+        more than one layer is ever held twice. The backbone stays float32: its 24 residual
+        units each add their rounding (bf16 throughout: codes 1.9e-2 from float32's; bf16
+        heads only: 5.1e-3; README, "Reduced precision on CPU")."""
+        if self._views_intact() and self._stacked[0][2][0][0].dtype == dtype:
+            return self  # already stacked in dtype
+        for _, group, layers in self._stacked:
+            for j in range(len(layers)):
+                convs = [self.styles[i].convs[2 * j] for i in group]
                 weight = torch.cat([c.weight.detach() for c in convs]).to(dtype)
                 weight = weight.contiguous(memory_format=torch.channels_last)
                 bias = torch.cat([c.bias.detach() for c in convs]).to(dtype)
@@ -170,19 +207,22 @@ class Encoder4Editing(nn.Module):
                 for k, conv in enumerate(convs):
                     conv.weight.data = weight[k * step : (k + 1) * step]
                     conv.bias.data = bias[k * step : (k + 1) * step]
-                    self._stacked_views += [(conv.weight, conv.weight.data_ptr())]
-                layers.append((weight, bias))
-            self._stacked.append((group, layers))
+                layers[j] = (weight, bias)
+        self._stacked_views = self._views()
         return self
 
+    def _views_intact(self) -> bool:
+        """The parameters are still views of the stacked tensors (``.to()`` and ``deepcopy``
+        copy them one by one)."""
+        views = self._stacked_views
+        return bool(views) and all(param.data_ptr() == ptr for param, ptr in views)
+
     def _stacked_ready(self) -> bool:
-        """The stacked heads are usable: prepared, still the parameters' storage (``.to()``
-        replaces it) and no gradient wanted (autograd needs the per-block parameters)."""
-        if not self._stacked or (
-            torch.is_grad_enabled() and self._stacked_views[0][0].requires_grad
-        ):
+        """The stacked path is usable: the views are intact and no gradient is wanted
+        (autograd needs the parameters themselves)."""
+        if not self._views_intact():
             return False
-        return all(param.data_ptr() == ptr for param, ptr in self._stacked_views)
+        return not (torch.is_grad_enabled() and self._stacked_views[0][0].requires_grad)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """[B, 3, 256, 256] in [-1, 1] -> W+ offsets [B, n_styles, 512] (add latent_avg)."""
@@ -200,8 +240,8 @@ class Encoder4Editing(nn.Module):
         features = [coarse, middle_features, _upsample_add(middle_features, self.latlayer2(fine))]
         if self._stacked_ready():
             outs = [
-                self._stacked_block_outputs(f, layers)
-                for f, (_, layers) in zip(features, self._stacked)
+                self._stacked_block_outputs(features[level], layers)
+                for level, _, layers in self._stacked
             ]
             codes = torch.cat(outs, dim=1)  # [B, n_styles, 512]: the blocks' linear layers to go
             rows = [self.styles[i].linear(codes[:, i]) for i in range(self.n_styles)]
