@@ -127,11 +127,15 @@ def test_encoder_heads_are_stacked_without_a_copy_and_give_the_same_codes(pipes)
     assert not encoder._stacked_ready()
     encoder(image[:1]).sum().backward()
     assert encoder.styles[-1].convs[0].weight.grad.abs().sum() > 0
-    # After .to() the stacked tensors are stale: the per-block path, in the new dtype.
+    # .to() and the like convert each parameter on its own: the heads are stacked again there
+    # (and the old stacked tensors let go), giving the per-block result in the new dtype.
     encoder.requires_grad_(False).double()
     with torch.inference_mode():
-        assert not encoder._stacked_ready()
-        assert encoder(image.double()).dtype == torch.float64
+        assert encoder._stacked_ready()
+        assert {w.dtype for _, _, layers in encoder._stacked for w, _ in layers} == {torch.float64}
+        codes = encoder(image.double())
+        plain.double()._stacked_views = []
+        torch.testing.assert_close(codes, plain(image.double()))
 
 
 def test_bf16_pipeline_edits_like_fp32(pipes):

@@ -190,9 +190,8 @@ class Encoder4Editing(nn.Module):
         return views
 
     def prepare_heads(self, dtype: torch.dtype = torch.float32) -> Encoder4Editing:
-        """Store the style blocks' convolutions stacked in ``dtype`` (or stack them again after
-        ``.to()``, which copies each parameter on its own), one layer at a time, so that no
-        more than one layer is ever held twice. The backbone stays float32: its 24 residual
+        """Store the style blocks' convolutions stacked in ``dtype``, one layer at a time, so
+        that no more than one layer is ever held twice. The backbone stays float32: its 24 residual
         units each add their rounding (bf16 throughout: codes 1.9e-2 from float32's; bf16
         heads only: 5.1e-3; README, "Reduced precision on CPU")."""
         if self._views_intact() and self._stacked[0][2][0][0].dtype == dtype:
@@ -211,9 +210,17 @@ class Encoder4Editing(nn.Module):
         self._stacked_views = self._views()
         return self
 
+    def _apply(self, fn, recurse: bool = True) -> Encoder4Editing:
+        # ``.to()``, ``.cuda()``, ``.double()`` ... convert each parameter on its own: stack
+        # them again where they now are, which also lets the old stacked tensors go.
+        super()._apply(fn, recurse)
+        if self._stacked and not self._views_intact():
+            self.prepare_heads(self.styles[0].convs[0].weight.dtype)
+        return self
+
     def _views_intact(self) -> bool:
-        """The parameters are still views of the stacked tensors (``.to()`` and ``deepcopy``
-        copy them one by one)."""
+        """The parameters are still views of the stacked tensors (``deepcopy`` or an
+        assignment to ``.data`` make them their own)."""
         views = self._stacked_views
         return bool(views) and all(param.data_ptr() == ptr for param, ptr in views)
 
