@@ -102,8 +102,12 @@ class EditStep(NamedTuple):
     items: list[GalleryItem]  # the edited images with their captions
     pair: tuple[PIL.Image.Image, PIL.Image.Image]  # (before, first result) for a comparison
     status: str  # method, samples, strength, elapsed time
-    strength: float  # the strength used (the one found, when it was "auto")
     result: EditResult  # the codes behind the images
+
+    @property
+    def strength(self) -> float:
+        """The strength used (the one found, when it was "auto")."""
+        return float(self.result.strength)
 
 
 @dataclass
@@ -404,7 +408,7 @@ class EditingService:
             label += "" if last else ", full size on its way…"
             elapsed = time.perf_counter() - started
             status_line = f"{status} · {elapsed:.1f} s{label}"
-            yield EditStep(items, (before, images[0]), status_line, strength, edit)
+            yield EditStep(items, (before, images[0]), status_line, edit)
 
     def sweep(
         self,
