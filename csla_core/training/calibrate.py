@@ -43,7 +43,7 @@ from ..weights import (
 )
 from .config import TrainConfig
 from .loop import initial_mappers
-from .sampling import Samples, aux_seed, sample_batch, seeded
+from .sampling import Samples, aux_seed, sample_batch, sampling_options, seeded
 
 BANK_DIR = "bank"
 MAPPERS_FILE = "mappers.safetensors"
@@ -197,10 +197,7 @@ def render_bank(
                 size,
                 seeded(aux_seed(cfg.seed, 100 + i)),
                 latent_avg=latent_avg[:1],
-                truncation=train_cfg.truncation,
-                mix_prob=train_cfg.mix_prob,
-                max_resolution=train_cfg.max_resolution,
-                noise_mode=train_cfg.noise_mode,
+                **sampling_options(train_cfg),  # type: ignore[arg-type]
             )
             part = Samples(part.wplus.cpu(), part.features.cpu())
             rendered += 1
