@@ -85,25 +85,19 @@ class BottleneckIRSE(nn.Module):
 class GradualStyleBlock(nn.Module):
     """Stride-2 3x3 convolutions down to 1x1, then an equalized linear layer -> one w.
 
-    ``storage``, per convolution (weight, bias) tensors of the right shapes: the parameters
-    become views of them, initialised in place (``Encoder4Editing`` stacks the blocks that
-    read the same features)."""
+    ``storage``, per convolution, (weight, bias) tensors of the right shapes: the parameters
+    are views of them, initialised in place (``Encoder4Editing`` stacks the blocks that read
+    the same features)."""
 
     def __init__(
-        self,
-        channels: int,
-        spatial: int,
-        storage: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
+        self, channels: int, spatial: int, storage: list[tuple[torch.Tensor, torch.Tensor]]
     ) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         for k in range(int(math.log2(spatial))):
-            if storage is None:
-                conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
-            else:
-                conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1, device="meta")
-                conv.weight, conv.bias = (nn.Parameter(t) for t in storage[k])
-                conv.reset_parameters()  # the same random initialisation, in the given storage
+            conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1, device="meta")
+            conv.weight, conv.bias = (nn.Parameter(t) for t in storage[k])
+            conv.reset_parameters()  # nn.Conv2d's random initialisation, in the given storage
             layers += [conv, nn.LeakyReLU()]
         self.convs = nn.Sequential(*layers)
         self.linear = EqualLinear(channels, channels, lr_mul=1.0)
