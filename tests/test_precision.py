@@ -87,8 +87,8 @@ def test_bf16_weights_are_stored_once_and_smaller(pipes):
 def test_encoder_heads_are_stacked_without_a_copy_and_give_the_same_codes(pipes):
     """The encoder's style blocks run stacked (bf16 with bf16 pipelines,
     ``Encoder4Editing.prepare_heads``), their parameters are views of the stacked weights (no
-    second copy), and the codes are the per-block ones: to float32 rounding (measured 2.5e-6 on the golden data), or within
-    the project's 2e-2 bf16 bound with bf16 heads."""
+    second copy), and the codes are the per-block ones: to float32 rounding (measured 2.5e-6
+    on the golden data), or within the project's 2e-2 bf16 bound with bf16 heads."""
     fp32, bf16 = pipes
     image = torch.rand(2, 3, 256, 256) * 2 - 1
     plain = copy.deepcopy(fp32.encoder)
