@@ -122,6 +122,11 @@ def test_encoder_heads_are_stacked_without_a_copy_and_give_the_same_codes(pipes)
     with torch.inference_mode():
         assert encoder._stacked_ready()
         assert torch.allclose(encoder(image), plain(image), rtol=1e-5, atol=1e-6)
+    # The backbone keeps the layout its CPU convolutions compute in through a checkpoint load
+    # (a real checkpoint's tensors are contiguous), or every convolution reorders its input.
+    backbone = [m.weight for m in encoder.body.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert len(backbone) > 50
+    assert all(w.is_contiguous(memory_format=torch.channels_last) for w in backbone)
     # Gradients need the parameters themselves: the per-block path, and they reach them.
     encoder.requires_grad_(True)
     assert not encoder._stacked_ready()
