@@ -23,6 +23,7 @@ STAGES = [
     "generator preview 16, reference path, default allocator",
     "encoder e4e 256",
     "CLIP text encoding (prompt templates)",
+    "CLIP image encoding (1 image)",
     "training samples (batch 4, 256 px -> CLIP)",
     "face detection + alignment, 12 MP photo",
     "face detection + alignment, 1 MP photo",
