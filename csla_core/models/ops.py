@@ -119,12 +119,19 @@ class EqualLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         bias = self.bias * self.lr_mul if self.bias is not None else None
         if self.activation:
-            out = F.linear(x, self.weight * self.scale)
+            out = self._scaled_linear(x, None)
             return (
                 biased_leaky_relu(out, bias)
                 if bias is not None
                 else F.leaky_relu(out, 0.2) * ACTIVATION_GAIN
             )
+        return self._scaled_linear(x, bias)
+
+    def _scaled_linear(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        # The scale multiplies whichever side is smaller: a render's 26 modulation layers see
+        # one row each, and scaling their weights cost more than the products.
+        if x.numel() < self.weight.numel():
+            return F.linear(x * self.scale, self.weight, bias)
         return F.linear(x, self.weight * self.scale, bias)
 
     def extra_repr(self) -> str:
