@@ -213,3 +213,24 @@ def test_prepacked_kernels_render_the_image_the_plain_convolutions_do(monkeypatc
     clone = copy.deepcopy(gen)
     assert packed_layers(clone) == 0
     torch.testing.assert_close(render(clone, True), render(gen, False), **tol)
+
+
+def test_a_torch_build_without_prepacking_falls_back_to_plain_convolutions(monkeypatch, caplog):
+    from csla_core.models import stylegan2
+    from csla_core.models.stylegan2 import Generator
+
+    def missing(*args):
+        raise RuntimeError("no such operator")
+
+    gen = Generator(size=16).eval().requires_grad_(False)
+    wplus = torch.randn(1, gen.n_latent, gen.style_dim)
+    with torch.inference_mode():
+        expected = gen(wplus, impl="reference")
+    monkeypatch.setattr(stylegan2, "_prepack", missing)
+    stylegan2._prepacking_works.cache_clear()
+    try:
+        with torch.inference_mode():
+            torch.testing.assert_close(gen(wplus, impl="fast"), expected, rtol=1e-4, atol=1e-5)
+        assert "prepacked torch.float32 kernels unavailable (no such operator)" in caplog.text
+    finally:
+        stylegan2._prepacking_works.cache_clear()  # the next caller probes the real build
