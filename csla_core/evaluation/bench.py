@@ -270,9 +270,9 @@ class _Bench:
                 "CLIP text encoding (prompt templates)",
                 lambda: pipe.clip.encode_text([next(prompts)]),
             )
-            # CLIP inversion's and the calibration bank's image tower, on one rendered face.
-            face = torch.rand(1, 3, 256, 256, generator=torch.Generator().manual_seed(0))
-            self.add("CLIP image encoding (1 image)", lambda: pipe.clip.encode_images(face * 2 - 1))
+            # The image tower CLIP inversion and the calibration bank use, on one 256 px image.
+            picture = torch.rand(1, 3, 256, 256, generator=torch.Generator().manual_seed(0)) * 2 - 1
+            self.add("CLIP image encoding (1 image)", lambda: pipe.clip.encode_images(picture))
             # Data-free training's data: z -> w -> render at 256 -> CLIP image embedding.
             train_batch = 4 if pipe.device.type == "cpu" else 32
             rng = torch.Generator().manual_seed(0)
