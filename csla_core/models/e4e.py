@@ -158,8 +158,8 @@ class Encoder4Editing(nn.Module):
         self.latlayer1 = nn.Conv2d(256, dim, 1)
         self.latlayer2 = nn.Conv2d(128, dim, 1)
         # Channels-last, the layout oneDNN's CPU convolutions compute in: no reorder of the
-        # activations per convolution (float32 encoder 0.89x the time; README, "Reduced
-        # precision on CPU"). Loading a state dict copies into these strides.
+        # activations around each convolution (README, "Reduced precision on CPU"). Loading a
+        # state dict copies into these strides.
         for module in (self.input_layer, self.body, self.latlayer1, self.latlayer2):
             module.to(memory_format=torch.channels_last)
 
@@ -190,9 +190,9 @@ class Encoder4Editing(nn.Module):
 
     def prepare_heads(self, dtype: torch.dtype = torch.float32) -> Encoder4Editing:
         """Store the style blocks' convolutions stacked in ``dtype``, one layer at a time, so
-        that no more than one layer is ever held twice. The backbone stays float32: its 24 residual
-        units each add their rounding (bf16 throughout: codes 1.9e-2 from float32's; bf16
-        heads only: 5.1e-3; README, "Reduced precision on CPU")."""
+        that no more than one layer is ever held twice. The backbone stays float32: its 24
+        residual units each add their rounding, which in bf16 brings the codes too near the
+        2e-2 bound (README, "Reduced precision on CPU")."""
         if self._views_intact() and self._stacked[0][2][0][0].dtype == dtype:
             return self  # already stacked in dtype
         for _, group, layers in self._stacked:
