@@ -28,6 +28,11 @@ MIN_CONFIDENCE = 0.95
 MIN_FACE_SIZE = 40
 # Crop size used by FaceDetector.refine (large enough for MTCNN, small enough to be quick).
 REFINE_CROP_SIZE = 512
+# MTCNN's image pyramid: each level is this factor smaller (facenet-pytorch's default).
+PYRAMID_FACTOR = 0.709
+# Smallest face looked for in refine's upright crop, where the face box spans about half of it:
+# the detection pyramid without its 4 finest levels (the same points, faster: docs/faces.md).
+REFINE_MIN_FACE = DETECT_MIN_FACE / PYRAMID_FACTOR**4
 
 
 @dataclass
@@ -86,32 +91,51 @@ class FaceDetector:
         min_confidence: float = MIN_CONFIDENCE,
         max_side: int = DETECT_MAX_SIDE,
         min_face_size: int = DETECT_MIN_FACE,
+        refine_min_face_size: float = REFINE_MIN_FACE,
     ) -> None:
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         self.min_confidence = float(min_confidence)
         self.max_side = int(max_side)
         self.min_face_size = int(min_face_size)
+        self.refine_min_face_size = float(refine_min_face_size)
         self._mtcnn: Any = None
+        self._refine_mtcnn: Any = None
         self._lock = threading.Lock()
 
     @property
     def mtcnn(self) -> Any:
+        """The MTCNN that ``detect`` runs (built on first use)."""
         with self._lock:
             if self._mtcnn is None:
-                from facenet_pytorch import MTCNN  # heavy import, only when a face is wanted
-
-                self._mtcnn = MTCNN(
-                    keep_all=True,
-                    device=self.device,
-                    min_face_size=self.min_face_size,
-                    # MTCNN's stage thresholds stay at their defaults; the decision is made on the
-                    # final probability with min_confidence.
-                    thresholds=[0.6, 0.7, 0.7],
-                )
+                self._mtcnn = self._build(self.min_face_size)
             return self._mtcnn
+
+    @property
+    def refine_mtcnn(self) -> Any:
+        """The MTCNN that ``refine`` runs on its upright crops (``refine_min_face_size``)."""
+        with self._lock:
+            if self._refine_mtcnn is None:
+                self._refine_mtcnn = self._build(self.refine_min_face_size)
+            return self._refine_mtcnn
+
+    def _build(self, min_face_size: float) -> Any:
+        from facenet_pytorch import MTCNN  # heavy import, only when a face is wanted
+
+        return MTCNN(
+            keep_all=True,
+            device=self.device,
+            min_face_size=min_face_size,
+            factor=PYRAMID_FACTOR,
+            # MTCNN's stage thresholds stay at their defaults; the decision is made on the final
+            # probability with min_confidence.
+            thresholds=[0.6, 0.7, 0.7],
+        )
 
     def detect(self, image: Image.Image) -> list[Face]:
         """Faces with probability >= ``min_confidence``, largest box first."""
+        return self._detect(image, self.mtcnn)
+
+    def _detect(self, image: Image.Image, mtcnn: Any) -> list[Face]:
         if image.mode != "RGB":
             image = to_rgb(image)
         width, height = image.size
@@ -124,7 +148,7 @@ class FaceDetector:
             # BILINEAR with Pillow's antialiasing; reducing_gap box-reduces first (faster, same
             # result for detection purposes).
             small = image.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
-        boxes, probs, points = self.mtcnn.detect(small, landmarks=True)
+        boxes, probs, points = mtcnn.detect(small, landmarks=True)
         box_arr = _as_float32(boxes, (4,))
         point_arr = _as_float32(points, (5, 2))
         prob_arr = _as_float32(probs, ())
@@ -183,7 +207,7 @@ class FaceDetector:
 
     def _upright_landmarks(self, crop: Image.Image) -> np.ndarray | None:
         """Landmarks (float64 [5, 2]) of the face in the middle of an aligned crop, if any."""
-        found = self.detect(crop)
+        found = self._detect(crop, self.refine_mtcnn)
         if not found:
             return None
         # In an FFHQ crop the landmarks' centroid sits near the middle of the crop.
