@@ -101,3 +101,7 @@ def test_cpu_description_names_the_model_and_each_speed_flag():
     # Figures are only comparable with the CPU beside them: the bench prints this line.
     text = runtime.cpu_description()
     assert text.split(" (")[0] and all(flag in text for flag in runtime._CPU_FLAGS)
+    # A bare model name ('AMD EPYC' in a virtual machine) needs its family and model beside it.
+    cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8")
+    if "cpu family" in cpuinfo:
+        assert ", family " in text and ", model " in text
