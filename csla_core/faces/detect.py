@@ -98,38 +98,34 @@ class FaceDetector:
         self.max_side = int(max_side)
         self.min_face_size = int(min_face_size)
         self.refine_min_face_size = float(refine_min_face_size)
-        self._mtcnn: Any = None
-        self._refine_mtcnn: Any = None
+        self._networks: dict[float, Any] = {}  # MTCNN per smallest face, built on first use
         self._lock = threading.Lock()
 
     @property
     def mtcnn(self) -> Any:
-        """The MTCNN that ``detect`` runs (built on first use)."""
-        with self._lock:
-            if self._mtcnn is None:
-                self._mtcnn = self._build(self.min_face_size)
-            return self._mtcnn
+        """The MTCNN that ``detect`` runs."""
+        return self._network(self.min_face_size)
 
     @property
     def refine_mtcnn(self) -> Any:
         """The MTCNN that ``refine`` runs on its upright crops (``refine_min_face_size``)."""
+        return self._network(self.refine_min_face_size)
+
+    def _network(self, min_face_size: float) -> Any:
         with self._lock:
-            if self._refine_mtcnn is None:
-                self._refine_mtcnn = self._build(self.refine_min_face_size)
-            return self._refine_mtcnn
+            if min_face_size not in self._networks:
+                from facenet_pytorch import MTCNN  # heavy import, only when a face is wanted
 
-    def _build(self, min_face_size: float) -> Any:
-        from facenet_pytorch import MTCNN  # heavy import, only when a face is wanted
-
-        return MTCNN(
-            keep_all=True,
-            device=self.device,
-            min_face_size=min_face_size,
-            factor=PYRAMID_FACTOR,
-            # MTCNN's stage thresholds stay at their defaults; the decision is made on the final
-            # probability with min_confidence.
-            thresholds=[0.6, 0.7, 0.7],
-        )
+                self._networks[min_face_size] = MTCNN(
+                    keep_all=True,
+                    device=self.device,
+                    min_face_size=min_face_size,
+                    factor=PYRAMID_FACTOR,
+                    # MTCNN's stage thresholds stay at their defaults; the decision is made on
+                    # the final probability with min_confidence.
+                    thresholds=[0.6, 0.7, 0.7],
+                )
+            return self._networks[min_face_size]
 
     def detect(self, image: Image.Image) -> list[Face]:
         """Faces with probability >= ``min_confidence``, largest box first."""
