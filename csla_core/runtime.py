@@ -86,8 +86,8 @@ _CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16")
 
 def _cpu_info() -> tuple[str, set[str]] | None:
     """(model, flags) from /proc/cpuinfo; None where there is none (not Linux). The model is
-    the model name with its family, model number and clock: virtual machines often report a
-    bare 'AMD EPYC', which two CPU generations share."""
+    the model name with its family, model number and clock: a virtual machine's bare 'AMD
+    EPYC' tells little (two machines here reported it with bf16 speeds 2x apart)."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
             info = f.read()
@@ -108,8 +108,9 @@ def _cpu_info() -> tuple[str, set[str]] | None:
         for key, label in (("cpu family", "family"), ("model", "model"))
         if fields.get(key)
     ]
-    if fields.get("cpu MHz"):
-        details.append(f"{float(fields['cpu MHz']):.0f} MHz")
+    mhz = fields.get("cpu MHz", "")  # absent on ARM and under some hypervisors
+    if mhz.replace(".", "", 1).isdigit():
+        details.append(f"{float(mhz):.0f} MHz")
     return (f"{model}, {', '.join(details)}" if details else model), flags
 
 
