@@ -182,12 +182,27 @@ class CSLAPipeline:
             )
         return self._editor
 
+    @property
+    def embedding_resolution(self) -> int:
+        """The size of the render ``image_embedding`` embeds."""
+        return min(256, self.generator.size)
+
     @torch.inference_mode()
-    def image_embedding(self, wplus: torch.Tensor) -> torch.Tensor:
-        """CLIP embedding [1, D] of a code's render (the anchor of every edit; cache it)."""
+    def image_embedding(
+        self, wplus: torch.Tensor, render: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """CLIP embedding [1, D] of a code's render (the anchor of every edit; cache it).
+        ``render``: that render at ``embedding_resolution``, where one was made already (the
+        app's reconstruction preview), so it is not rendered twice."""
         clip = self._require_clip()
-        image = self.render(wplus[:1], max_resolution=min(256, self.generator.size))
-        return clip.encode_images(image).cpu()
+        if render is None:
+            render = self.render(wplus[:1], max_resolution=self.embedding_resolution)
+        elif render.shape[-1] != self.embedding_resolution:
+            raise ValueError(
+                f"the render to embed must be {self.embedding_resolution} px, "
+                f"got {render.shape[-1]} px"
+            )
+        return clip.encode_images(render[:1]).cpu()
 
     def edit(
         self,

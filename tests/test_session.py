@@ -58,8 +58,18 @@ class FakePipeline:
             photo=image,
         )
 
-    def image_embedding(self, wplus):
+    clip = object()  # the pipeline has CLIP: edits are anchored on an image embedding
+
+    @property
+    def embedding_resolution(self):
+        return min(256, self.size)
+
+    def image_embedding(self, wplus, render=None):
         self._count("embed")
+        if render is None:
+            self._count("render")  # the real pipeline renders the code to embed it
+        else:
+            assert render.shape[-1] == self.embedding_resolution
         return torch.ones(1, 8)
 
     FOUND_STRENGTH = 1.35  # what "auto" finds here
@@ -329,6 +339,23 @@ def test_analysis_renders_the_reconstruction_once(tmp_path, photo):
     assert last.choices == [("#0 (8×8 px)", 0), ("#1 (8×8 px)", 1)]
     (again,) = service.analysis_steps(cache, photo, 1)  # cached: no new render
     assert again.reconstruction is last.reconstruction and pipe.calls["render"] == 2
+
+
+def test_the_first_edit_after_analysis_embeds_the_preview_reconstruction(tmp_path, photo):
+    # The edit anchor is the CLIP embedding of the face's 256 px render, which the 256 px
+    # reconstruction preview already is: the first edit renders only its own images.
+    pipe = FakePipeline(size=1024)
+    service = EditingService(pipe, max_resolution=512, sweep_dir=tmp_path)
+    cache = SessionCache()
+    list(service.analysis_steps(cache, photo, 0))
+    assert pipe.calls["render"] == 2 and pipe.calls["embed"] == 1
+    list(service.edit_steps(cache, photo, 0, "smiling", None, 1.0, 1, 0.5, 0, False))
+    assert pipe.calls["render"] == 2 and pipe.calls["embed"] == 1 and pipe.calls["edit"] == 1
+    # Without a preview (full size 256 or less) the full-size reconstruction is embedded.
+    small = FakePipeline(size=256)
+    service = EditingService(small, sweep_dir=tmp_path)
+    list(service.analysis_steps(SessionCache(), photo, 0))
+    assert small.calls["render"] == 1 and small.calls["embed"] == 1
 
 
 def test_generate_steps(tmp_path):

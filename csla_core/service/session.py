@@ -134,7 +134,7 @@ class EditingService:
     model call.
     """
 
-    MODEL_CALLS = ("invert", "render", "embed", "edit", "render_edit", "generate")
+    MODEL_CALLS = ("invert", "reconstruct", "embed", "edit", "render_edit", "generate")
 
     def __init__(
         self,
@@ -181,7 +181,7 @@ class EditingService:
             return call
 
         self.invert = wrap("invert", self._invert)
-        self.render = wrap("render", self._render)
+        self.reconstruct = wrap("reconstruct", self._reconstruct)
         self.embed = wrap("embed", self._embed)
         self.edit = wrap("edit", self._edit)
         self.render_edit = wrap("render_edit", self._render_edit)
@@ -214,9 +214,17 @@ class EditingService:
     def _invert(self, photo: str, face_index: int) -> Inversion:
         return self.require().invert(photo, face_index=face_index)
 
-    def _render(self, wplus: torch.Tensor, resolution: int) -> list[PIL.Image.Image]:
+    def _reconstruct(
+        self, wplus: torch.Tensor, resolution: int
+    ) -> tuple[PIL.Image.Image, torch.Tensor | None]:
+        """A face's code rendered, and, at the size edits embed it, its CLIP embedding from the
+        same render: the first edit then needs no render of its own."""
         pipe = self.require()
-        return tensor_to_pil(pipe.render(wplus, max_resolution=self.max_res(resolution)).cpu())
+        render = pipe.render(wplus[:1], max_resolution=self.max_res(resolution))
+        embedding = None
+        if resolution == pipe.embedding_resolution and pipe.clip is not None:
+            embedding = pipe.image_embedding(wplus, render=render).cpu()
+        return tensor_to_pil(render.cpu())[0], embedding
 
     def _embed(self, wplus: torch.Tensor) -> torch.Tensor:
         return self.require().image_embedding(wplus).cpu()
@@ -333,7 +341,9 @@ class EditingService:
         if entry.reconstruction is None:
             for resolution in self.resolutions:
                 progress(0.6, desc=f"Rendering the reconstruction at {resolution} px")
-                image = self.render(inv.wplus, resolution)[0]
+                image, embedding = self.reconstruct(inv.wplus, resolution)
+                if embedding is not None and entry.embedding is None:
+                    entry.embedding = embedding
                 if resolution == self.resolution:
                     entry.reconstruction = image
                 else:
