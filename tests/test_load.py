@@ -91,7 +91,13 @@ class StubPipeline:
             photo=rgb,
         )
 
-    def image_embedding(self, wplus):
+    clip = object()  # edits are anchored on an image embedding
+
+    @property
+    def embedding_resolution(self):
+        return min(256, self.size)
+
+    def image_embedding(self, wplus, render=None):
         self._call()
         return torch.ones(1, 8)
 
