@@ -48,7 +48,7 @@ from csla_core.faces import (
     paste_back,
     select_face,
 )
-from csla_core.faces import paste as paste_module
+from csla_core.faces import align as align_module
 
 # Landmarks whose FFHQ quad is exactly the 1024 px frame (eyes 256 px apart, eye-to-mouth 250 px,
 # centre 511.5): aligning a 1024 image with them must give the image back. They are in FFHQ's own
@@ -596,7 +596,7 @@ def test_pasting_back_into_a_large_photo(detector: FaceDetector, monkeypatch) ->
     assert psnr(out[face], before[face]) > 30  # measured 44.6 dB
     # This region is blended in two row bands on two threads; in one piece the result is the
     # same but for the mask's float rounding (measured: 1 grey level at most).
-    monkeypatch.setattr(paste_module, "_PASTE_THREADS", 1)
+    monkeypatch.setattr(align_module, "BAND_THREADS", 1)
     whole = np.asarray(paste_back(photo, aligned.image, aligned)).astype(int)
     assert np.abs(whole - out).max() <= 1
 

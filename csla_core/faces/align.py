@@ -9,9 +9,11 @@ conversion is done in one place (:func:`pil_affine_data`).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 import torch
@@ -87,6 +89,38 @@ def pil_affine_data(out_to_in_index: np.ndarray) -> tuple[float, ...]:
     """Pillow AFFINE data (output continuous -> input continuous) from an index-space matrix."""
     cont = _shift(0.5) @ out_to_in_index @ _shift(-0.5)
     return tuple(float(v) for v in cont[:2].reshape(-1))
+
+
+# Large images are made in row bands of about this many pixels, on at most this many threads.
+PIXELS_PER_BAND = 250_000
+BAND_THREADS = min(4, os.cpu_count() or 1)
+
+T = TypeVar("T")
+
+
+def in_row_bands(
+    width: int, height: int, make: Callable[[int, int], T], *sources: Image.Image
+) -> list[tuple[int, T]]:
+    """[(top, make(top, bottom))] for row bands covering rows [0, height) of a width x height
+    result: one band, or for large ones several on parallel threads (Pillow and NumPy release
+    the GIL). ``sources``, the images ``make`` reads, are decoded first."""
+    bands = min(BAND_THREADS, max(1, width * height // PIXELS_PER_BAND))
+    if bands == 1:
+        return [(0, make(0, height))]
+    for source in sources:
+        source.load()
+    edges = [height * i // bands for i in range(bands + 1)]
+    with ThreadPoolExecutor(bands) as pool:
+        return list(zip(edges, pool.map(make, edges[:-1], edges[1:])))
+
+
+def paste_row_bands(
+    image: Image.Image, bands: list[tuple[int, Image.Image]], left: int, top: int
+) -> Image.Image:
+    """``image`` with each band pasted at (left, top + its first row); returns ``image``."""
+    for row, band in bands:
+        image.paste(band, (left, top + row))
+    return image
 
 
 def _landmarks_of(face_or_landmarks: Face | np.ndarray | Sequence[Sequence[float]]) -> np.ndarray:
@@ -217,7 +251,16 @@ def align_face(
         (ne[0] - nw[0]) / n, (sw[0] - nw[0]) / n, nw[0],
         (ne[1] - nw[1]) / n, (sw[1] - nw[1]) / n, nw[1],
     )  # fmt: skip
-    crop = work.transform((n, n), Image.Transform.AFFINE, data, resample=Image.Resampling.BICUBIC)
+    a, b, c, d, e, f = data
+
+    def warp(top: int, bottom: int) -> Image.Image:
+        # The band's rows start at ``top``: the same sampling positions as one warp.
+        band = (a, b, c + b * top, d, e, f + e * top)
+        return work.transform(
+            (n, bottom - top), Image.Transform.AFFINE, band, resample=Image.Resampling.BICUBIC
+        )
+
+    crop = paste_row_bands(Image.new("RGB", (n, n)), in_row_bands(n, n, warp, work), 0, 0)
     return AlignedFace(
         image=crop,
         quad=quad,

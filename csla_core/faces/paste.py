@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import math
-import os
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from PIL import Image
 
 from ..errors import InputImageError
-from .align import AlignedFace, apply_matrix, pil_affine_data, quad_to_image
+from .align import (
+    AlignedFace,
+    apply_matrix,
+    in_row_bands,
+    paste_row_bands,
+    pil_affine_data,
+    quad_to_image,
+)
 from .decode import to_rgb
 
 # Soft-edge width of the paste-back mask, as a fraction of the crop side.
@@ -93,34 +98,17 @@ def paste_back(
     if x1 <= x0 or y1 <= y0:
         return result
 
-    # Photo pixel -> crop pixel (at the edited crop's own size).
+    # Photo pixel -> crop pixel (at the edited crop's own size). Large regions (big faces in
+    # large photos) are blended in row bands on parallel threads: each pixel is warped as it
+    # would be in one piece, and its mask weight differs by float rounding at most (1 grey level).
     photo_to_crop = np.linalg.inv(quad_to_image(quad, edit.width, edit.height))
-    # Large regions (big faces in large photos) are blended in row bands on parallel threads
-    # (Pillow and NumPy release the GIL): each pixel is warped as it would be in one piece, and
-    # its mask weight differs by float rounding at most (1 grey level).
-    rows = y1 - y0
-    bands = min(_PASTE_THREADS, max(1, (x1 - x0) * rows // _PIXELS_PER_BAND))
-    edges = [y0 + rows * i // bands for i in range(bands + 1)]
 
     def blend(top: int, bottom: int) -> Image.Image:
-        band_to_photo = np.array([[1.0, 0.0, x0], [0.0, 1.0, top], [0.0, 0.0, 1.0]])
-        box = (x0, top, x1, bottom)
+        band_to_photo = np.array([[1.0, 0.0, x0], [0.0, 1.0, y0 + top], [0.0, 0.0, 1.0]])
+        box = (x0, y0 + top, x1, y0 + bottom)
         return _blend_band(base, edit, photo_to_crop @ band_to_photo, box, feather)
 
-    if bands == 1:
-        result.paste(blend(y0, y1), (x0, y0))
-        return result
-    base.load(), edit.load()  # decoded before the threads read them
-    with ThreadPoolExecutor(bands) as pool:
-        parts = list(pool.map(blend, edges[:-1], edges[1:]))
-    for top, part in zip(edges, parts):
-        result.paste(part, (x0, top))
-    return result
-
-
-# Row bands of about this many pixels each, on at most this many threads.
-_PIXELS_PER_BAND = 250_000
-_PASTE_THREADS = min(4, os.cpu_count() or 1)
+    return paste_row_bands(result, in_row_bands(x1 - x0, y1 - y0, blend, base, edit), x0, y0)
 
 
 def _blend_band(
