@@ -223,11 +223,11 @@ class EditingService:
         render = pipe.render(wplus[:1], max_resolution=self.max_res(resolution))
         embedding = None
         if resolution == pipe.embedding_resolution and pipe.clip is not None:
-            embedding = pipe.image_embedding(wplus, render=render).cpu()
+            embedding = pipe.image_embedding(wplus, render=render)
         return tensor_to_pil(render.cpu())[0], embedding
 
     def _embed(self, wplus: torch.Tensor) -> torch.Tensor:
-        return self.require().image_embedding(wplus).cpu()
+        return self.require().image_embedding(wplus)  # a CPU tensor
 
     def _edit(self, wplus: torch.Tensor, prompt: str, **kwargs: Any) -> EditResult:
         return self.require().edit(wplus, prompt, **kwargs)
