@@ -18,7 +18,7 @@ from .models.builders import CLIP_MODEL_NAME, random_clip, random_mappers, rando
 from .models.e4e import Encoder4Editing, EncoderConfig
 from .models.stylegan2 import Generator, GeneratorConfig
 from .pipeline import PRECISIONS, CSLAPipeline
-from .runtime import choose_precision, tune_cpu_allocator
+from .runtime import choose_precision, exact_cuda_fp32, tune_cpu_allocator
 
 if TYPE_CHECKING:
     from .models.mappers import CSLAMappers
@@ -202,6 +202,8 @@ def load_pipeline(
     )
     if device.type == "cpu":
         use_cpu_precision(pipe)
+    elif device.type == "cuda" and pipe.precision == "fp32":
+        pipe.precision_reason += f"; {exact_cuda_fp32()}"
     logger.info("precision %s (%s)", pipe.precision, pipe.precision_reason)
     if clip is None or not with_mappers:
         return pipe

@@ -218,3 +218,14 @@ def choose_precision(requested: str, device_type: str) -> PrecisionChoice:
     if bf16_s <= _BF16_TIME_SHARE * fp32_s:
         return PrecisionChoice("bf16", f"auto: native bf16 ({' '.join(flags)}); {measured}")
     return PrecisionChoice("fp32", f"auto: {measured} here, not worth the rounding")
+
+
+def exact_cuda_fp32() -> str:
+    """Make float32 convolutions float32 on CUDA GPUs (process-wide): cuDNN runs them in TF32
+    by default on Ampere and later (a 10-bit mantissa, about 1e-3 relative), which the "exact"
+    fp32 precision must not. Matrix products are float32 by default already. The legacy flag
+    is used: torch raises when code reads it after the newer per-operator flags were set."""
+    import torch
+
+    torch.backends.cudnn.allow_tf32 = False
+    return "cuDNN convolutions in IEEE float32, no TF32"

@@ -139,3 +139,34 @@ def test_training_starts_from_calibrated_mappers_and_only_improves_them(tiny, ca
     assert total <= stats["initial_ratio_w"] + stats["initial_ratio_s"]
     meta = load_mappers(tmp_path / "mappers.safetensors").config.meta
     assert meta["generator_sha256"] == model_fingerprint(generator)  # trained ones record it too
+
+
+def test_the_bank_renders_in_the_precision_context_and_keeps_float32_codes(tiny, tmp_path):
+    """A GPU pipeline in fp16 or bf16 renders its bank under autocast (``calibrate_pipeline``
+    passes ``CSLAPipeline.autocast``): the renders and CLIP run in it, the mapping network does
+    not, so the W+ codes (the regression targets) are the float32 ones; the embeddings come
+    back float32. CPU autocast stands in for the GPU's here."""
+    generator, clip = tiny
+    cfg = CalibrationConfig.tiny(n_samples=128)
+    entered = []
+
+    def bf16():
+        entered.append(1)
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+
+    exact = calibrate(generator, clip, cfg, output_dir=tmp_path / "fp32", show_bar=False)
+    reduced = calibrate(
+        generator, clip, cfg, output_dir=tmp_path / "bf16", show_bar=False, autocast=bf16
+    )
+    assert len(entered) == 128 // cfg.chunk  # once per rendered chunk
+    banks = []
+    for run in ("fp32", "bf16"):
+        chunks = sorted((tmp_path / run / calibration.BANK_DIR).glob("chunk_*.pt"))
+        saved = [torch.load(path, weights_only=True) for path in chunks]
+        banks.append({key: torch.cat([c[key] for c in saved]) for key in ("wplus", "features")})
+    assert torch.equal(banks[0]["wplus"], banks[1]["wplus"])
+    assert banks[1]["features"].dtype == torch.float32
+    features = [bank["features"] for bank in banks]
+    difference = (features[1] - features[0]).norm() / features[0].norm()
+    assert 1e-4 < float(difference) < 2e-2  # bf16 renders, within the bound
+    assert reduced.loo_ratio_w == pytest.approx(exact.loo_ratio_w, abs=0.02)

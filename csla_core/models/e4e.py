@@ -232,16 +232,20 @@ class Encoder4Editing(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """[B, 3, 256, 256] in [-1, 1] -> W+ offsets [B, n_styles, 512] (add latent_avg)."""
-        x = self.input_layer(x.contiguous(memory_format=torch.channels_last))
-        fine = middle = coarse = None
-        for i, unit in enumerate(self.body):
-            x = unit(x)
-            if i == self._fine_at:
-                fine = x  # 128 channels, 64x64
-            elif i == self._middle_at:
-                middle = x  # 256 channels, 32x32
-            elif i == self._coarse_at:
-                coarse = x  # 512 channels, 16x16
+        # The backbone computes in float32 under a GPU's autocast too, as it is stored on a
+        # CPU: its 24 residual units each add their rounding (README, "GPU").
+        with torch.autocast(x.device.type, enabled=False):
+            x = x.to(self.input_layer[0].weight.dtype, memory_format=torch.channels_last)
+            x = self.input_layer(x)
+            fine = middle = coarse = None
+            for i, unit in enumerate(self.body):
+                x = unit(x)
+                if i == self._fine_at:
+                    fine = x  # 128 channels, 64x64
+                elif i == self._middle_at:
+                    middle = x  # 256 channels, 32x32
+                elif i == self._coarse_at:
+                    coarse = x  # 512 channels, 16x16
         middle_features = _upsample_add(coarse, self.latlayer1(middle))
         features = [coarse, middle_features, _upsample_add(middle_features, self.latlayer2(fine))]
         if self._stacked_ready():

@@ -18,6 +18,7 @@ An MLP refinement on the bank was measured too and gained nothing over the fit.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import shutil
 import time
@@ -43,7 +44,7 @@ from ..weights import (
 )
 from .config import TrainConfig
 from .loop import initial_mappers
-from .sampling import Samples, aux_seed, sample_batch, sampling_options, seeded
+from .sampling import Autocast, Samples, aux_seed, sample_batch, sampling_options, seeded
 
 BANK_DIR = "bank"
 MAPPERS_FILE = "mappers.safetensors"
@@ -106,11 +107,14 @@ def calibrate(
     between_chunks: Callable[[], None] | None = None,
     show_bar: bool = True,
     fingerprints: dict[str, str] | None = None,
+    autocast: Autocast = contextlib.nullcontext,
 ) -> CalibrationResult:
     """Calibrate mappers for ``generator`` and ``clip``; writes ``output_dir/mappers.safetensors``.
 
     A rerun with the same ``output_dir`` and config reuses the bank already saved there.
     ``between_chunks`` runs after each bank chunk (the app yields to requests there).
+    ``autocast``: the context the bank is rendered in (``calibrate_pipeline`` passes the
+    pipeline's, so a GPU pipeline in fp16 or bf16 renders its bank in it).
     """
     cfg = config or CalibrationConfig()
     out = Path(output_dir)
@@ -120,7 +124,7 @@ def calibrate(
     started = time.perf_counter()
     bank = render_bank(
         generator, clip, cfg, train_cfg, latent_avg, out / BANK_DIR, progress, between_chunks,
-        show_bar,
+        show_bar, autocast,
     )  # fmt: skip
     bank_s = time.perf_counter() - started
     started = time.perf_counter()
@@ -168,6 +172,7 @@ def render_bank(
     progress: Progress | None = None,
     between_chunks: Callable[[], None] | None = None,
     show_bar: bool = True,
+    autocast: Autocast = contextlib.nullcontext,
 ) -> Samples:
     """The bank, chunk by chunk: chunks already in ``folder`` are read, the rest rendered and
     saved as they are made. Chunk i always holds the same samples (its own seed)."""
@@ -197,6 +202,7 @@ def render_bank(
                 size,
                 seeded(aux_seed(cfg.seed, 100 + i)),
                 latent_avg=latent_avg[:1],
+                autocast=autocast,
                 **sampling_options(train_cfg),  # type: ignore[arg-type]
             )
             part = Samples(part.wplus.cpu(), part.features.cpu())
@@ -345,6 +351,7 @@ def calibrate_pipeline(
     result = calibrate(
         pipe.generator, pipe.clip, config, output_dir=work, progress=progress,
         between_chunks=between_chunks, show_bar=show_bar, fingerprints=pipe.fingerprints,
+        autocast=pipe.autocast,
     )  # fmt: skip
     path = result.path
     if output_dir is None:  # the file load_pipeline looks for; written whole, then renamed

@@ -105,7 +105,9 @@ def _train(
     model, optimizer = acc.prepare(mappers, optimizer)
     core: CSLAMappers = acc.unwrap_model(model)
 
-    timed_sample = SampleTimer(generator, clip, latent_avg, cfg, device)
+    # The samples' renders in the run's mixed precision too (accelerate applies it to the
+    # mappers only): on a GPU they are most of a step's time.
+    timed_sample = SampleTimer(generator, clip, latent_avg, cfg, device, acc.autocast)
     pool = replay_pool(cfg, sample_cache, latent_avg, timed_sample, rank, world)
 
     bar = tqdm(

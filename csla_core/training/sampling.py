@@ -11,9 +11,11 @@ held-out error of a mapper on fresh samples.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import NamedTuple
 
 import torch
@@ -32,6 +34,10 @@ class Samples(NamedTuple):
 
 # Rendered sample sets keyed by everything that decides them (see ``train``'s sample_cache).
 SampleCache = dict[tuple, "Samples"]
+# The precision context the renders and CLIP run in: ``CSLAPipeline.autocast`` or accelerate's
+# (autocast in fp16 or bf16 on a GPU). The mapping network stays outside it, so the W+ codes,
+# the mappers' regression targets, are float32 whatever it is.
+Autocast = Callable[[], AbstractContextManager]
 
 
 def seeded(seed: int) -> torch.Generator:
@@ -105,15 +111,18 @@ def sample_batch(
     mix_prob: float = 0.0,
     max_resolution: int | None = 256,
     noise_mode: str = "const",
+    autocast: Autocast = contextlib.nullcontext,
 ) -> Samples:
-    """One batch of data-free training samples: W+ codes and their renders' CLIP embeddings."""
+    """One batch of data-free training samples: W+ codes and their renders' CLIP embeddings
+    (float32; the renders in the ``autocast`` context)."""
     wplus = sample_latents(
         generator, n, rng, truncation=truncation, latent_avg=latent_avg, mix_prob=mix_prob
     )
-    feats = render_features(
-        generator, clip, wplus, max_resolution=max_resolution, noise_mode=noise_mode
-    )
-    return Samples(wplus, feats)
+    with autocast():
+        feats = render_features(
+            generator, clip, wplus, max_resolution=max_resolution, noise_mode=noise_mode
+        )
+    return Samples(wplus, feats.float())
 
 
 def sampling_options(cfg: TrainConfig) -> dict[str, object]:
@@ -248,9 +257,10 @@ class SampleTimer:
         latent_avg: torch.Tensor,
         cfg: TrainConfig,
         device: torch.device,
+        autocast: Autocast = contextlib.nullcontext,
     ) -> None:
         self.generator, self.clip, self.latent_avg, self.cfg = generator, clip, latent_avg, cfg
-        self.device = device
+        self.device, self.autocast = device, autocast
         self.seconds, self.count = 0.0, 0
 
     def __call__(self, n: int, seed: int) -> Samples:
@@ -261,6 +271,7 @@ class SampleTimer:
             n,
             seeded(seed),
             latent_avg=self.latent_avg[:1],
+            autocast=self.autocast,
             **sampling_options(self.cfg),  # type: ignore[arg-type]
         )
         if self.device.type == "cuda":
