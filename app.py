@@ -13,7 +13,7 @@ Options (flag / environment variable):
   --keep-allocator           CSLA_KEEP_ALLOCATOR=1    leave glibc's malloc alone (less memory, slower)
   --without-mappers          CSLA_WITHOUT_MAPPERS=1   start as a first run: calibrate mappers while serving
   --calibration-samples N    CSLA_CALIBRATION_SAMPLES first-run calibration bank size (default 1000)
-  --precision P              CSLA_PRECISION           auto (bf16 on CPUs with native bf16), fp32, bf16
+  --precision P              CSLA_PRECISION           auto (bf16 on CPUs with native bf16), fp32, bf16, fp16 (GPU)
   --share                                             public gradio.live link
 The address comes from GRADIO_SERVER_NAME / GRADIO_SERVER_PORT (gradio's own variables).
 """
@@ -535,7 +535,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=PRECISION_CHOICES,
         default="auto",
         help="auto (default): bf16 on CPUs with native bf16 where it measures faster, else "
-        "fp32 (env CSLA_PRECISION)",
+        "fp32; fp16 and bf16 on a GPU are asked for by name (env CSLA_PRECISION)",
     )
     parser.add_argument("--share", action="store_true", help="create a public gradio.live link")
     return parser.parse_args(argv)

@@ -402,7 +402,7 @@ class _Bench:
                 "python": platform.python_version(),
                 "torch": torch.__version__,
                 "threads": torch.get_num_threads(),
-                "device": str(self.pipe.device),
+                "device": _device_name(self.pipe.device),
                 "allocator": allocator_settings().reason,
             },
             "precision": self.precision,
@@ -413,6 +413,13 @@ class _Bench:
             "peak_rss_gb": round(product_rss_gb, 3),
             "peak_rss_with_reference_path_gb": round(peak_rss_gb(), 3),
         }
+
+
+def _device_name(device: torch.device) -> str:
+    """The device, with the GPU's name where it is one (the README's figures name it)."""
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return str(device)
 
 
 def _allocator_verdict(faults: int) -> str:
