@@ -557,3 +557,36 @@ def test_commands_run_on_tiny_models(trained, tmp_path, capsys):
     old = ["edit-latent", "--tiny", "--mappers", str(out), "--prompt", PROMPT, "--n", "1"]
     assert cli_main([*old, "--resolution", "8", "--out", str(tmp_path / "old")]) == 0
     assert (tmp_path / "old" / "edit.png").is_file()
+
+
+def test_training_samples_render_in_the_runs_mixed_precision(tiny, tmp_path, monkeypatch):
+    """accelerate applies ``mixed_precision`` to the mappers; the samples' renders (most of a
+    GPU step) run in it too, and the W+ codes and embeddings the loss sees are float32. CPU bf16
+    stands in for a GPU's fp16 / bf16 here."""
+    from csla_core.training import loop, sampling
+
+    generator, clip = tiny
+    seen = []
+    render_features = sampling.render_features
+
+    def recording(*args, **kwargs):
+        seen.append(torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu"))
+        return render_features(*args, **kwargs)
+
+    monkeypatch.setattr(sampling, "render_features", recording)
+    batches = []
+    step_loss = loop.step_loss
+
+    def loss_of(model, core, generator, clip, batch, *rest):
+        batches.append(batch)
+        return step_loss(model, core, generator, clip, batch, *rest)
+
+    monkeypatch.setattr(loop, "step_loss", loss_of)
+    cfg = TrainConfig.tiny(
+        steps=2, pool_size=0, eval_samples=0, save_every=0, mixed_precision="bf16", cpu=True
+    )
+    train(generator, clip, cfg, output_dir=tmp_path)
+    assert seen and set(seen) == {torch.bfloat16}
+    assert (
+        {b.wplus.dtype for b in batches} == {b.features.dtype for b in batches} == {torch.float32}
+    )
