@@ -169,7 +169,7 @@ def load_pipeline(
     weights and none found, untrained ones. Mappers made for other models are refused.
     ``tune_allocator`` (default on): keep freed tensor memory in the process for reuse
     (``csla_core.runtime.tune_cpu_allocator``; glibc only, process-wide): faster CPU renders,
-    and the process keeps its memory high-water mark (README, "The allocator"). False leaves
+    and the process keeps its memory high-water mark (docs/performance.md, "The allocator"). False leaves
     the C library's allocator as it is.
     """
     if tune_allocator:

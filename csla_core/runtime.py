@@ -3,7 +3,7 @@
 A 1024 px render allocates and frees a dozen activations of 67-135 MB. glibc's malloc, left
 alone, unmaps every block over 32 MiB when it is freed, so each render faults its activations in
 again, 4 KB at a time. ``tune_cpu_allocator`` (applied by ``load_pipeline``) keeps freed memory in
-one heap for reuse. Measurements and the options tried: README, "The allocator".
+one heap for reuse. Measurements and the options tried: docs/performance.md, "The allocator".
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU figures of the README ("GPU"): golden parity of fp32 / fp16 / bf16 on the GPU, the
+# The GPU figures of docs/performance.md ("GPU"): golden parity of fp32 / fp16 / bf16 on the GPU, the
 # bench in each precision (JSON), and calibration and training throughput.
 # Usage, from the repository root on a machine with a CUDA GPU:  bash scripts/gpu_figures.sh DIR
 # Each step has its own time limit and log section, so one failure does not lose the rest.

@@ -1,7 +1,7 @@
 """The benchmark command runs every stage the speed issue asks for and reports it readably.
 
 A smoke run on a 64 px generator: the timings themselves are measured at full size by
-``python -m csla_core bench`` (README, Performance), not asserted here.
+``python -m csla_core bench`` (README, Performance; docs/performance.md), not asserted here.
 """
 
 from __future__ import annotations

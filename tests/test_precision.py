@@ -1,7 +1,7 @@
 """The precision choice (fp32 or native bf16 on a CPU) and the bf16 path end to end.
 
 Numerics against the golden data at full size: test_golden_parity.py. Speed: the bench
-(``python -m csla_core bench``, README, "Reduced precision on CPU").
+(``python -m csla_core bench``, docs/performance.md, "Reduced precision on CPU").
 """
 
 from __future__ import annotations
@@ -147,7 +147,7 @@ def test_encoder_backbone_stays_float32_under_autocast(pipes):
     """On a GPU, reduced precision is autocast; the e4e backbone computes in float32 there too,
     as it is stored on a CPU, and the pyramid and heads in the autocast dtype. (On the golden
     data on an H200 the codes were 1.7e-2 from the reference with the backbone in bf16, 7.0e-3
-    with it in float32: README, "GPU".) CPU autocast stands in for the GPU's here."""
+    with it in float32: docs/performance.md, "GPU".) CPU autocast stands in for the GPU's here."""
     fp32, _ = pipes
     encoder, seen = fp32.encoder, {}
 
@@ -267,7 +267,7 @@ def test_a_torch_build_without_prepacking_falls_back_to_plain_convolutions(monke
 
 def test_exact_fp32_turns_cudnn_tf32_off_and_the_flags_stay_readable(monkeypatch):
     """fp32 on a GPU means float32: cuDNN's TF32 default put the golden codes 1.5e-3 off on an
-    H200 (README, "GPU"). The legacy flag is the one set, since torch raises when code (here,
+    H200 (docs/performance.md, "GPU"). The legacy flag is the one set, since torch raises when code (here,
     or a library such as accelerate) reads it after the per-operator flags were set."""
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)  # restored afterwards
     runtime.exact_cuda_fp32()

@@ -134,8 +134,8 @@ class ClipEmbedder(nn.Module):
 
         In bf16, torch's attention projects a batch-first text input through a broadcast
         batched matmul that copies the weight once per token; the text transformer is switched
-        to sequence-first, the same maths through plain matrix products (README, "Reduced
-        precision on CPU").
+        to sequence-first, the same maths through plain matrix products
+        (docs/performance.md, "Reduced precision on CPU").
         """
         self.model.to(dtype)
         transformer = getattr(self.model, "transformer", None)

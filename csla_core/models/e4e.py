@@ -158,7 +158,7 @@ class Encoder4Editing(nn.Module):
         self.latlayer1 = nn.Conv2d(256, dim, 1)
         self.latlayer2 = nn.Conv2d(128, dim, 1)
         # Channels-last, the layout oneDNN's CPU convolutions compute in: no reorder of the
-        # activations around each convolution (README, "Reduced precision on CPU"). Loading a
+        # activations around each convolution (docs/performance.md, "Reduced precision on CPU"). Loading a
         # state dict copies into these strides.
         for module in (self.input_layer, self.body, self.latlayer1, self.latlayer2):
             module.to(memory_format=torch.channels_last)
@@ -192,7 +192,7 @@ class Encoder4Editing(nn.Module):
         """Store the style blocks' convolutions stacked in ``dtype``, one layer at a time, so
         that no more than one layer is ever held twice. The backbone stays float32: its 24
         residual units each add their rounding, which in bf16 brings the codes too near the
-        2e-2 bound (README, "Reduced precision on CPU")."""
+        2e-2 bound (docs/performance.md, "Reduced precision on CPU")."""
         if self._views_intact() and self._stacked[0][2][0][0].dtype == dtype:
             return self  # already stacked in dtype
         for _, group, layers in self._stacked:
@@ -233,7 +233,7 @@ class Encoder4Editing(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """[B, 3, 256, 256] in [-1, 1] -> W+ offsets [B, n_styles, 512] (add latent_avg)."""
         # The backbone computes in float32 under a GPU's autocast too, as it is stored on a
-        # CPU: its 24 residual units each add their rounding (README, "GPU").
+        # CPU: its 24 residual units each add their rounding (docs/performance.md, "GPU").
         with torch.autocast(x.device.type, enabled=False):
             x = x.to(self.input_layer[0].weight.dtype, memory_format=torch.channels_last)
             x = self.input_layer(x)

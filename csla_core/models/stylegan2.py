@@ -236,7 +236,7 @@ class ModulatedConv2d(nn.Module):
         """``kernels`` channels-last, or, outside autograd on a CPU, reordered into the layout
         oneDNN picks for ``input_shape`` (opaque mkldnn tensors, cached with the kernels).
         A plain convolution reorders its weight on every call, which at 4-32 px costs more
-        than the arithmetic (README, "Reduced precision on CPU")."""
+        than the arithmetic (docs/performance.md, "Reduced precision on CPU")."""
         weight = self.weight
         if (
             torch.is_grad_enabled()
