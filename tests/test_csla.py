@@ -123,11 +123,18 @@ def test_text_runs_only_up_to_the_end_token_and_gives_clips_embedding(tiny, monk
         lengths.clear()
         torch.testing.assert_close(clip._text_features(tokens), expected, rtol=1e-5, atol=1e-6)
         assert lengths == [77]  # the batch runs as long as its longest text
-        lengths.clear()
-        monkeypatch.setattr(clip.model, "attn_mask", torch.zeros(77, 77))
-        monkeypatch.setattr(clip, "_text_is_causal", None)
-        clip._text_features(tokens[:1])
-        assert lengths == [77]
+    # Another model (the shared one is left as it is): a mask that is not causal.
+    other = build_tiny_clip(seed=1)
+    other.model.attn_mask = torch.zeros(77, 77)
+    transformer = other.model.transformer
+    forward = transformer.forward
+    monkeypatch.setattr(
+        transformer, "forward", lambda x, **kw: lengths.append(x.shape[1]) or forward(x, **kw)
+    )
+    lengths.clear()
+    with torch.no_grad():
+        other._text_features(tokens[:1])
+    assert lengths == [77]
 
 
 def test_tiny_clip_builds_offline(monkeypatch):
@@ -592,34 +599,48 @@ def test_commands_run_on_tiny_models(trained, tmp_path, capsys):
     assert (tmp_path / "old" / "edit.png").is_file()
 
 
-def test_training_samples_render_in_the_runs_mixed_precision(tiny, tmp_path, monkeypatch):
+_MIXED_PRECISION_RUN = """
+import json, sys, torch
+from csla_core.models.builders import build_tiny_models
+from csla_core.training import loop, sampling
+from csla_core.training.config import TrainConfig
+
+generator, clip = build_tiny_models(0)
+seen, dtypes = [], set()
+render_features, step_loss = sampling.render_features, loop.step_loss
+
+def recording(*args, **kwargs):
+    seen.append(str(torch.get_autocast_dtype("cpu")) if torch.is_autocast_enabled("cpu") else "off")
+    return render_features(*args, **kwargs)
+
+def loss_of(model, core, generator, clip, batch, *rest):
+    dtypes.update((str(batch.wplus.dtype), str(batch.features.dtype)))
+    return step_loss(model, core, generator, clip, batch, *rest)
+
+sampling.render_features, loop.step_loss = recording, loss_of
+cfg = TrainConfig.tiny(steps=2, pool_size=0, eval_samples=0, save_every=0,
+                       mixed_precision=sys.argv[2], cpu=True)
+loop.train(generator, clip, cfg, output_dir=sys.argv[1])
+print(json.dumps({"renders": sorted(set(seen)), "batches": sorted(dtypes)}))
+"""
+
+
+@pytest.mark.parametrize("mixed", ["bf16", "no"])
+def test_training_samples_render_in_the_runs_mixed_precision(tmp_path, mixed):
     """accelerate applies ``mixed_precision`` to the mappers; the samples' renders (most of a
     GPU step) run in it too, and the W+ codes and embeddings the loss sees are float32. CPU bf16
-    stands in for a GPU's fp16 / bf16 here."""
-    from csla_core.training import loop, sampling
+    stands in for a GPU's fp16 / bf16. In a process of its own: accelerate keeps one mixed
+    precision per process."""
+    import subprocess
+    import sys
 
-    generator, clip = tiny
-    seen = []
-    render_features = sampling.render_features
-
-    def recording(*args, **kwargs):
-        seen.append(torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu"))
-        return render_features(*args, **kwargs)
-
-    monkeypatch.setattr(sampling, "render_features", recording)
-    batches = []
-    step_loss = loop.step_loss
-
-    def loss_of(model, core, generator, clip, batch, *rest):
-        batches.append(batch)
-        return step_loss(model, core, generator, clip, batch, *rest)
-
-    monkeypatch.setattr(loop, "step_loss", loss_of)
-    cfg = TrainConfig.tiny(
-        steps=2, pool_size=0, eval_samples=0, save_every=0, mixed_precision="bf16", cpu=True
+    done = subprocess.run(
+        [sys.executable, "-c", _MIXED_PRECISION_RUN, str(tmp_path), mixed],
+        capture_output=True,
+        text=True,
+        check=False,
     )
-    train(generator, clip, cfg, output_dir=tmp_path)
-    assert seen and set(seen) == {torch.bfloat16}
-    assert (
-        {b.wplus.dtype for b in batches} == {b.features.dtype for b in batches} == {torch.float32}
-    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert seen["renders"] == (["torch.bfloat16"] if mixed == "bf16" else ["off"])
+    assert seen["batches"] == ["torch.float32"]
