@@ -169,8 +169,8 @@ def load_pipeline(
     weights and none found, untrained ones. Mappers made for other models are refused.
     ``tune_allocator`` (default on): keep freed tensor memory in the process for reuse
     (``csla_core.runtime.tune_cpu_allocator``; glibc only, process-wide): faster CPU renders,
-    and the process keeps its memory high-water mark (docs/performance.md, "The allocator"). False leaves
-    the C library's allocator as it is.
+    and the process keeps its memory high-water mark (docs/performance.md, "The allocator").
+    False leaves the C library's allocator as it is.
     """
     if tune_allocator:
         tune_cpu_allocator()

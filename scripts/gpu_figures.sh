@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The GPU figures of docs/performance.md ("GPU"): golden parity of fp32 / fp16 / bf16 on the GPU, the
-# bench in each precision (JSON), and calibration and training throughput.
+# The GPU figures of docs/performance.md ("GPU"): golden parity of fp32 / fp16 / bf16 on the
+# GPU, the bench in each precision (JSON), and calibration and training throughput.
 # Usage, from the repository root on a machine with a CUDA GPU:  bash scripts/gpu_figures.sh DIR
 # Each step has its own time limit and log section, so one failure does not lose the rest.
 set -u
@@ -20,7 +20,8 @@ step() {  # step NAME SECONDS COMMAND...: run with a time limit, print its outpu
 }
 
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv
-"$py" -c "import torch; print('torch', torch.__version__, 'CUDA', torch.version.cuda, 'cuDNN', torch.backends.cudnn.version())"
+"$py" -c "import torch; print('torch', torch.__version__, 'CUDA', torch.version.cuda,
+  'cuDNN', torch.backends.cudnn.version())"
 for precision in fp16 bf16 fp32; do
   step "bench $precision" 240 "$py" -m csla_core bench --device cuda --precision "$precision" \
     --baseline none --repeats 3 --json "$out/bench_$precision.json"

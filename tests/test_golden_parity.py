@@ -211,7 +211,8 @@ def test_bf16_pipeline_stays_within_tolerance_of_golden(e4e_checkpoint_file, g_g
 GPU_CODES_TOL = 1e-2
 needs_cuda = pytest.mark.skipif(
     not torch.cuda.is_available(),
-    reason="no CUDA GPU here: the GPU precisions are checked where one is (docs/performance.md, 'GPU')",
+    reason="no CUDA GPU here: the GPU precisions are checked where one is "
+    "(docs/performance.md, 'GPU')",
 )
 
 

@@ -267,8 +267,9 @@ def test_a_torch_build_without_prepacking_falls_back_to_plain_convolutions(monke
 
 def test_exact_fp32_turns_cudnn_tf32_off_and_the_flags_stay_readable(monkeypatch):
     """fp32 on a GPU means float32: cuDNN's TF32 default put the golden codes 1.5e-3 off on an
-    H200 (docs/performance.md, "GPU"). The legacy flag is the one set, since torch raises when code (here,
-    or a library such as accelerate) reads it after the per-operator flags were set."""
+    H200 (docs/performance.md, "GPU"). The legacy flag is the one set, since torch raises when
+    code (here, or a library such as accelerate) reads it after the per-operator flags were
+    set."""
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)  # restored afterwards
     runtime.exact_cuda_fp32()
     assert torch.backends.cudnn.allow_tf32 is False

@@ -416,7 +416,8 @@ class _Bench:
 
 
 def _device_name(device: torch.device) -> str:
-    """The device, with the GPU's name where it is one (the figures in docs/performance.md name it)."""
+    """The device, with the GPU's name where it is one (docs/performance.md's figures name
+    it)."""
     if device.type == "cuda":
         return f"{device} ({torch.cuda.get_device_name(device)})"
     return str(device)

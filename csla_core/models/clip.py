@@ -108,7 +108,6 @@ class ClipEmbedder(nn.Module):
             getattr(model, "context_length", None) or getattr(self.tokenizer, "context_length", 77)
         )
         self._text_cache: OrderedDict[tuple[str, bool], tuple[torch.Tensor, bool]] = OrderedDict()
-        self._text_is_causal: bool | None = None  # ``_causal_argmax_text``, checked once
         word_cache = getattr(self.tokenizer, "cache", None)
         self._initial_words = dict(word_cache) if isinstance(word_cache, dict) else None
 
@@ -223,7 +222,7 @@ class ClipEmbedder(nn.Module):
         another kind (no causal mask, another pooling) runs whole.
         """
         model = self.model
-        if not self._causal_argmax_text():
+        if not _is_clip_text_tower(model):
             return model.encode_text(tokens)
         length = int(tokens.argmax(dim=-1).max()) + 1  # the end token has the highest id
         tokens = tokens[:, :length]
@@ -235,24 +234,6 @@ class ClipEmbedder(nn.Module):
         if projection is None:
             return x
         return projection(x) if isinstance(projection, nn.Linear) else x @ projection
-
-    def _causal_argmax_text(self) -> bool:
-        """The model's text tower is CLIP's: end-token pooling behind a causal mask."""
-        if self._text_is_causal is None:
-            model = self.model
-            mask = getattr(model, "attn_mask", None)
-            parts = ("token_embedding", "positional_embedding", "transformer", "ln_final")
-            causal = False
-            if (
-                isinstance(mask, torch.Tensor)
-                and getattr(model, "text_pool_type", None) == "argmax"
-                and all(hasattr(model, part) for part in parts)
-            ):
-                n = mask.shape[-1]
-                expected = torch.full((n, n), float("-inf"), device=mask.device).triu_(1)
-                causal = mask.shape == (n, n) and torch.equal(mask.float(), expected)
-            self._text_is_causal = causal
-        return self._text_is_causal
 
     def encode_text(
         self, prompts: Sequence[str], use_templates: bool | None = None
@@ -287,6 +268,23 @@ class ClipEmbedder(nn.Module):
         x = self.preprocess(images.to(self.device))
         dtype = next(self.model.visual.parameters()).dtype  # bf16 when stored so on a CPU
         return F.normalize(self.model.encode_image(x.to(dtype)).float(), dim=-1)
+
+
+def _is_clip_text_tower(model: nn.Module) -> bool:
+    """The model's text tower is CLIP's: end-token pooling behind a causal mask (a 77 x 77
+    comparison, nothing next to the text transformer it guards)."""
+    mask = getattr(model, "attn_mask", None)
+    parts = ("token_embedding", "positional_embedding", "transformer", "ln_final")
+    if not (
+        isinstance(mask, torch.Tensor)
+        and mask.ndim == 2
+        and mask.shape[0] == mask.shape[1]
+        and getattr(model, "text_pool_type", None) == "argmax"
+        and all(hasattr(model, part) for part in parts)
+    ):
+        return False
+    causal = torch.full(mask.shape, float("-inf"), device=mask.device).triu_(1)
+    return torch.equal(mask.float(), causal)
 
 
 def tiny_clip_config(

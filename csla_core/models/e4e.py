@@ -158,8 +158,8 @@ class Encoder4Editing(nn.Module):
         self.latlayer1 = nn.Conv2d(256, dim, 1)
         self.latlayer2 = nn.Conv2d(128, dim, 1)
         # Channels-last, the layout oneDNN's CPU convolutions compute in: no reorder of the
-        # activations around each convolution (docs/performance.md, "Reduced precision on CPU"). Loading a
-        # state dict copies into these strides.
+        # activations around each convolution (docs/performance.md, "Reduced precision on
+        # CPU"). Loading a state dict copies into these strides.
         for module in (self.input_layer, self.body, self.latlayer1, self.latlayer2):
             module.to(memory_format=torch.channels_last)
 
