@@ -206,7 +206,7 @@ class ModulatedConv2d(nn.Module):
         self, s: torch.Tensor, gain: float, input_shape: torch.Size
     ) -> tuple[torch.Tensor | None, list[torch.Tensor], torch.Tensor | None]:
         """How one sample s [1, in] is applied to the fast path's input x (``input_shape``
-        [1, in, n + 1, n + 1]: n x n pixels and a zero margin), as (input scale [in] or None,
+        [1, in, h + 1, w + 1]: h x w pixels and a zero margin), as (input scale [in] or None,
         kernels, output scale [out] or None), which give ``gain * conv(x, modulated_weight(s))``
         as ``conv(x * input_scale, kernels) * output_scale`` (``_conv2d``).
 
@@ -216,7 +216,7 @@ class ModulatedConv2d(nn.Module):
         side, and the unmodulated kernels are used as stored, never modulated: on a CPU they
         are reordered once into oneDNN's own layout for this input (``_prepacked_kernels``).
         """
-        pixels = (input_shape[-1] - 1) ** 2
+        pixels = (input_shape[-2] - 1) * (input_shape[-1] - 1)
         if not self.demodulate or pixels >= self.kernel_size**2 * self.out_channels:
             return None, self.fast_weights(s, gain), None
         kernels, sum_sq = self._fast_kernels()
@@ -391,7 +391,8 @@ class StyledConv(nn.Module):
         self, held: list[torch.Tensor], s: torch.Tensor, noise: torch.Tensor | None
     ) -> torch.Tensor:
         """One sample, channels-last, with a zero margin (see ``Generator._synthesize_fast``):
-        the input x is [1, C, n + 1, n + 1] and so is the result (2n + 1 when upsampling).
+        the input x is [1, C, h + 1, w + 1] and so is the result (2h + 1 by 2w + 1 when
+        upsampling).
 
         ``held`` is a one-element list holding x, and is emptied: the caller keeps no reference,
         so an upsampling layer frees x as soon as its phase convolutions have read it, before
@@ -419,19 +420,19 @@ class StyledConv(nn.Module):
             out = _conv2d(held.pop(), weights[0], None, conv._paddings()[0])
             out_scale, bias = out_scale.to(dtype)[None, :, None, None], bias[None, :, None, None]
             out = out * out_scale + bias if grad else out.mul_(out_scale).add_(bias)
-        size = out.shape[-1] - 1
+        h, w = out.shape[-2] - 1, out.shape[-1] - 1
         # In the activations' dtype: a mixed-dtype add_ is 10x slower.
         noise = None if noise is None else (noise * (self.noise.weight * gain)).to(dtype)
         if grad:
-            out = out[:, :, :size, :size]
+            out = out[:, :, :h, :w]
             if noise is not None:
                 out = out + noise
             return F.pad(F.leaky_relu(out, 0.2), (0, 1, 0, 1))
         if noise is not None:
-            out[:, :, :size, :size].add_(noise)
+            out[:, :, :h, :w].add_(noise)
         F.leaky_relu_(out, 0.2)
-        out[:, :, size, :] = 0
-        out[:, :, :, size] = 0
+        out[:, :, h, :] = 0
+        out[:, :, :, w] = 0
         return out
 
 
@@ -441,6 +442,11 @@ class StyledConv(nn.Module):
 # padding, or row [1] with none; the same for columns.
 POLYPHASE_TAPS = {0: [2, 0], 1: [1]}
 POLYPHASE_ORDER = ((0, 0), (0, 1), (1, 0), (1, 1))
+# The fast path computes its last level in bands of BAND_ROWS input rows (plus BAND_HALO
+# rows on either side) when that level is at least BANDED_FROM px (``_level_fast_banded``).
+BANDED_FROM = 512
+BAND_ROWS = 64
+BAND_HALO = 2
 
 
 def _polyphase_upsample_blur(
@@ -451,8 +457,8 @@ def _polyphase_upsample_blur(
     out_scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``blur(conv_transpose2d(x, w, stride=2), pad=(1, 1)) + bias`` for x = ``held.pop()``
-    [1, Cin, n + 1, n + 1] (zero margin; freed once read) and the four polyphase kernels of w:
-    [1, Cout, 2n + 1, 2n + 1] whose last row and column are not part of the result.
+    [1, Cin, h + 1, w + 1] (zero margin; freed once read) and the four polyphase kernels of w:
+    [1, Cout, 2h + 1, 2w + 1] whose last row and column are not part of the result.
 
     Split by output phase, the transposed convolution needs no inserted zeros: the same 9
     multiply-adds per input pixel and channel pair, but as four plain convolutions (2x2, 2x1,
@@ -464,23 +470,23 @@ def _polyphase_upsample_blur(
     folded into the blur's kernel, at no cost.
     """
     x = held.pop()
-    n = x.shape[-1] - 1
+    h, w = x.shape[-2] - 1, x.shape[-1] - 1
     channels = weights[0].shape[0]
     dtype, device = x.dtype, x.device
-    # Buffer rows/cols q in [0, 2n + 4): [n + 2 pairs] x [2 phases of q].
-    buf = x.new_empty(1, n + 2, 2, n + 2, 2, channels)
+    # Buffer rows q in [0, 2h + 4): [h + 2 pairs] x [2 phases of q]; the same for columns.
+    buf = x.new_empty(1, h + 2, 2, w + 2, 2, channels)
     for (a, b), weight in zip(POLYPHASE_ORDER, weights):
-        # With x's zero margin, phase 0 gives n + 2 rows (the last is zero: the blur's right
-        # padding), phase 1 gives n + 1 (the last is zero: beyond the transposed output).
+        # With x's zero margin, phase 0 gives h + 2 rows (the last is zero: the blur's right
+        # padding), phase 1 gives h + 1 (the last is zero: beyond the transposed output).
         phase = _conv2d(x, weight, None, (1 - a, 1 - b))
-        rows = slice(0, n + 2) if a == 0 else slice(1, n + 2)
-        cols = slice(0, n + 2) if b == 0 else slice(1, n + 2)
+        rows = slice(0, h + 2) if a == 0 else slice(1, h + 2)
+        cols = slice(0, w + 2) if b == 0 else slice(1, w + 2)
         buf[0, rows, 1 - a, cols, 1 - b] = phase[0].permute(1, 2, 0)
         del phase  # before the next phase is allocated
     del x  # the largest tensor alive: gone before the blur's output is allocated
     buf[0, 0, 0] = 0  # q = 0: the blur's left padding
     buf[0, :, :, 0, 0] = 0
-    padded = buf.view(1, 2 * n + 4, 2 * n + 4, channels).permute(0, 3, 1, 2)
+    padded = buf.view(1, 2 * h + 4, 2 * w + 4, channels).permute(0, 3, 1, 2)
     kernel = torch.flip(blur_kernel, [0, 1]).to(device=device).expand(channels, 1, 4, 4)
     if out_scale is not None:
         kernel = kernel * out_scale[:, None, None, None]
@@ -523,9 +529,9 @@ class ToRGB(nn.Module):
     ) -> torch.Tensor:
         """One sample, channels-last; x has a zero margin (see ``StyledConv.forward_fast``),
         the RGB result and ``skip`` do not."""
-        size = x.shape[-1] - 1
+        h, w = x.shape[-2] - 1, x.shape[-1] - 1
         weight = self.conv.fast_weights(s)[0]
-        out = F.conv2d(x, weight, self.bias.view(3).to(weight.dtype))[:, :, :size, :size]
+        out = F.conv2d(x, weight, self.bias.view(3).to(weight.dtype))[:, :, :h, :w]
         # The RGB image is summed over the levels in float32, whatever the activations' dtype.
         out = out.to(_accurate(out.dtype))
         if skip is not None:
@@ -738,30 +744,77 @@ class Generator(nn.Module):
         column kept at zero: for the polyphase upsampling and the 3x3 convolutions it is the
         zero padding they need, so an n x n activation never has to be cropped and copied.
         They are in the dtype the convolution weights are stored in (``prepare_synthesis``);
-        demodulation, noise strengths and the RGB sum stay float32.
+        demodulation, noise strengths and the RGB sum stay float32. A last level of 512 px
+        or more is computed in bands (``_level_fast_banded``).
         """
         # The output is allocated before any activation: a long-lived block made between two
         # samples would split the memory the next sample's activations reuse.
         batch = styles[0].shape[0]
         images = self.input.input.new_empty(batch, 3, target, target)
         dtype = self.synthesis_dtype
+        levels = [i for i in range(len(self.to_rgbs)) if 2 ** (i + 3) <= target]
         for b in range(batch):
             sb = [st[b : b + 1] for st in styles]
             nb = [None if n is None else n[b : b + 1] if n.shape[0] > 1 else n for n in noises]
             x = _channels_last(F.pad(self.input(1), (0, 1, 0, 1)).to(dtype))
             x = self.conv1.forward_fast([x], sb[0], nb[0])
             skip = self.to_rgb1.forward_fast(x, sb[1], None)
-            for i, to_rgb in enumerate(self.to_rgbs):
-                if 2 ** (i + 3) > target:
+            for i in levels:
+                held, x = [x], None  # handed over: the level frees it once it is read
+                pair = nb[2 * i + 1 : 2 * i + 3]
+                if i == levels[-1] and 2 ** (i + 3) >= BANDED_FROM:
+                    self._level_fast_banded(i, held, sb, pair, skip, images[b])
                     break
-                k = 2 + 3 * i
-                held, x = [x], None  # handed over: the layer frees it once it is read
-                x = self.convs[2 * i].forward_fast(held, sb[k], nb[2 * i + 1])
-                held, x = [x], None
-                x = self.convs[2 * i + 1].forward_fast(held, sb[k + 1], nb[2 * i + 2])
-                skip = to_rgb.forward_fast(x, sb[k + 2], skip)
-            images[b] = skip[0]
+                x, skip = self._level_fast(i, held, sb, pair, skip)
+            else:
+                images[b] = skip[0]
         return images
+
+    def _level_fast(
+        self,
+        i: int,
+        held: list[torch.Tensor],
+        sb: Sequence[torch.Tensor],
+        noises: Sequence[torch.Tensor | None],
+        skip: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Level i of the fast path (2 ** (i + 3) px): the upsampling convolution, the
+        convolution and the RGB layer. ``held`` = [x], emptied; returns (x, RGB image)."""
+        k = 2 + 3 * i
+        up = self.convs[2 * i].forward_fast(held, sb[k], noises[0])
+        x = self.convs[2 * i + 1].forward_fast([up], sb[k + 1], noises[1])
+        return x, self.to_rgbs[i].forward_fast(x, sb[k + 2], skip)
+
+    def _level_fast_banded(
+        self,
+        i: int,
+        held: list[torch.Tensor],
+        sb: Sequence[torch.Tensor],
+        noises: Sequence[torch.Tensor | None],
+        skip: torch.Tensor,
+        out: torch.Tensor,
+    ) -> None:
+        """The last level, as ``_level_fast``, computed in horizontal bands and written into
+        ``out`` [3, 2n, 2n]: its activations are never whole (at 1024 px one is 135 MB in
+        float32), which takes about 250 MB off a 1024 px render's memory peak, at the same
+        speed (docs/performance.md, "Memory").
+
+        A band of x's rows [a, b) is computed from rows [a - BAND_HALO, b + BAND_HALO + 1)
+        with everything outside taken as zero, as at the image's own border; the rows that
+        this changes lie within BAND_HALO input rows of the cut (the receptive field of the
+        level is two x rows either way) and are dropped, so the result is the unbanded one.
+        """
+        x = held.pop()
+        n = x.shape[-2] - 1
+        for a in range(0, n, BAND_ROWS):
+            b = min(n, a + BAND_ROWS)
+            start, end = max(0, a - BAND_HALO), min(n, b + BAND_HALO)
+            # Row ``end`` stands in for the zero margin: it is x's own margin at the bottom,
+            # and real data (affecting only the dropped rows) elsewhere.
+            band = [x[:, :, start : end + 1]]
+            band_noises = [None if t is None else t[:, :, 2 * start : 2 * end] for t in noises]
+            _, rgb = self._level_fast(i, band, sb, band_noises, skip[:, :, start:end])
+            out[:, 2 * a : 2 * b] = rgb[0, :, 2 * (a - start) : 2 * (b - start)]
 
     def forward(
         self,
