@@ -219,10 +219,9 @@ class ModulatedConv2d(nn.Module):
         pixels = (input_shape[-2] - 1) * (input_shape[-1] - 1)
         if not self.demodulate or pixels >= self.kernel_size**2 * self.out_channels:
             return None, self.fast_weights(s, gain), None
-        kernels, sum_sq = self._fast_kernels()
+        _, sum_sq = self._fast_kernels(with_kernels=False)
         coef, demod = self._fast_scales(s, 1.0, sum_sq)
-        dtype = kernels[0].dtype
-        return coef.to(dtype), self._prepacked_kernels(kernels, input_shape), demod * gain
+        return coef.to(self.weight.dtype), self._prepacked_kernels(input_shape), demod * gain
 
     def _paddings(self) -> list[tuple[int, int]]:
         """The padding each fast-path kernel is used with (``fast_weights``' order)."""
@@ -230,23 +229,23 @@ class ModulatedConv2d(nn.Module):
             return [(1 - a, 1 - b) for a, b in POLYPHASE_ORDER]
         return [(self.padding, self.padding)]
 
-    def _prepacked_kernels(
-        self, kernels: list[torch.Tensor], input_shape: torch.Size
-    ) -> list[torch.Tensor]:
-        """``kernels`` channels-last, or, outside autograd on a CPU, reordered into the layout
-        oneDNN picks for ``input_shape`` (opaque mkldnn tensors, cached with the kernels).
-        A plain convolution reorders its weight on every call, which at 4-32 px costs more
-        than the arithmetic (docs/performance.md, "Reduced precision on CPU")."""
+    def _prepacked_kernels(self, input_shape: torch.Size) -> list[torch.Tensor]:
+        """The unmodulated kernels channels-last, or, outside autograd on a CPU, reordered
+        into the layout oneDNN picks for ``input_shape`` (opaque mkldnn tensors, cached; the
+        kernels they are made from are not kept). A plain convolution reorders its weight on
+        every call, which at 4-32 px costs more than the arithmetic (docs/performance.md,
+        "Reduced precision on CPU")."""
         weight = self.weight
         if (
             torch.is_grad_enabled()
             or weight.device.type != "cpu"
             or not _prepacking_works(weight.dtype)
         ):
-            return [_channels_last(k) for k in kernels]
+            return [_channels_last(k) for k in self._fast_kernels()[0]]
         key = (self._weight_key(), tuple(input_shape))
         cached = getattr(self, "_packed_cache", None)
         if cached is None or cached[0] != key:
+            kernels = _unmodulated_kernels(weight[0].detach(), self.upsample)
             packed = [
                 _prepack(k, padding, input_shape) for k, padding in zip(kernels, self._paddings())
             ]
@@ -274,25 +273,23 @@ class ModulatedConv2d(nn.Module):
         w = self.weight
         return (w.data_ptr(), w.device, w.dtype, w._version)
 
-    def _fast_kernels(self) -> tuple[list[torch.Tensor], torch.Tensor]:
-        """(unmodulated kernels, per-tap float32 sum of squares [out, in]). Outside autograd
-        they are cached until W changes (its version counter or storage; an in-place edit
-        through ``.data`` bypasses both, as it does autograd's checks)."""
+    def _fast_kernels(
+        self, with_kernels: bool = True
+    ) -> tuple[list[torch.Tensor] | None, torch.Tensor]:
+        """(unmodulated kernels, per-tap float32 sum of squares [out, in]); no kernels with
+        ``with_kernels=False`` (the layers that use them prepacked). Outside autograd they are
+        cached until W changes (its version counter or storage; an in-place edit through
+        ``.data`` bypasses both, as it does autograd's checks)."""
         grad = torch.is_grad_enabled()
         key = self._weight_key()
         cached = None if grad else getattr(self, "_fast_cache", None)
-        if cached is None or cached[0] != key:
+        stale = cached is None or cached[0] != key
+        if stale or (with_kernels and cached[1] is None):
             # Under autograd the kernels must be computed from the parameter itself.
             weight = self.weight[0] if grad else self.weight[0].detach()
-            # Only the polyphase kernels are kept: gathering them is slow, while a plain
-            # kernel goes to channels-last in the same pass as its modulation.
-            kernels = [weight]
-            if self.upsample:
-                kernels = [
-                    _channels_last(weight[:, :, POLYPHASE_TAPS[a]][:, :, :, POLYPHASE_TAPS[b]])
-                    for a, b in POLYPHASE_ORDER
-                ]
-            cached = (key, kernels, weight.to(_accurate(weight.dtype)).pow(2).sum(dim=(2, 3)))
+            sum_sq = weight.to(_accurate(weight.dtype)).pow(2).sum(dim=(2, 3))
+            kernels = _unmodulated_kernels(weight, self.upsample) if with_kernels else None
+            cached = (key, kernels, sum_sq)
             if not grad:
                 # A plain attribute, not a buffer: never saved in a checkpoint.
                 object.__setattr__(self, "_fast_cache", cached)
@@ -312,6 +309,18 @@ class ModulatedConv2d(nn.Module):
         weight = weight.reshape(batch * self.out_channels, in_channels, k, k)
         out = F.conv2d(x, weight, padding=self.padding, groups=batch)
         return out.reshape(batch, self.out_channels, *out.shape[-2:])
+
+
+def _unmodulated_kernels(weight: torch.Tensor, upsample: bool) -> list[torch.Tensor]:
+    """The fast path's kernels of W [out, in, k, k]: W itself, or for an upsampling layer its
+    four polyphase sub-kernels, channels-last (gathering them copies; a plain kernel goes to
+    channels-last in the same pass as its modulation)."""
+    if not upsample:
+        return [weight]
+    return [
+        _channels_last(weight[:, :, POLYPHASE_TAPS[a]][:, :, :, POLYPHASE_TAPS[b]])
+        for a, b in POLYPHASE_ORDER
+    ]
 
 
 def _accurate(dtype: torch.dtype) -> torch.dtype:
