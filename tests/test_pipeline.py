@@ -259,13 +259,18 @@ def test_polyphase_upsampling_equals_transposed_convolution_then_blur(height, wi
     torch.testing.assert_close(out[:, :, : 2 * height, : 2 * width], expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("noise_mode", ["const", "random"])
-def test_last_level_in_bands_is_the_whole_computation(small_pipe, monkeypatch, noise_mode):
+def test_last_level_in_bands_is_the_whole_computation(monkeypatch, noise_mode, dtype):
     """The fast path computes its last level in horizontal bands (to hold no whole
-    activation of it): the picture is the one computed whole, band edges included."""
+    activation of it): the picture is the one computed whole, band edges included, in both
+    CPU precisions (bf16 bands have twice the rows)."""
     from csla_core.models import stylegan2
+    from csla_core.models.stylegan2 import Generator
 
-    generator = small_pipe.generator  # 64 px: the last level reads 32 x 32 input rows
+    torch.manual_seed(3)
+    # 64 px: the last level reads 32 x 32 input rows.
+    generator = Generator(size=64).eval().requires_grad_(False).prepare_synthesis(dtype)
     w = generator.mapping(torch.randn(2, 512, generator=torch.Generator().manual_seed(5)))
 
     def render() -> torch.Tensor:
@@ -275,7 +280,7 @@ def test_last_level_in_bands_is_the_whole_computation(small_pipe, monkeypatch, n
     monkeypatch.setattr(stylegan2, "BANDED_FROM", 2 * generator.size)  # never banded
     whole = render()
     monkeypatch.setattr(stylegan2, "BANDED_FROM", generator.size)
-    monkeypatch.setattr(stylegan2, "BAND_ROWS", 5)  # 7 bands, the last one 2 rows
+    monkeypatch.setattr(stylegan2, "BAND_ROWS", 3)  # 11 bands in float32, 6 in bf16
     banded = render()
     # The same sums per pixel: measured bit-identical (hidden-AMX Xeon, torch 2.15), also at
     # 1024 px. Bound: the fast path's float32 bound against the reference path (above).

@@ -452,9 +452,10 @@ class StyledConv(nn.Module):
 POLYPHASE_TAPS = {0: [2, 0], 1: [1]}
 POLYPHASE_ORDER = ((0, 0), (0, 1), (1, 0), (1, 1))
 # The fast path computes its last level in bands of BAND_ROWS input rows (plus BAND_HALO
-# rows on either side) when that level is at least BANDED_FROM px (``_level_fast_banded``).
+# rows on either side) when that level is at least BANDED_FROM px (``_level_fast_banded``);
+# BAND_ROWS is for float32 activations, and 2-byte ones take twice as many rows (the same bytes).
 BANDED_FROM = 512
-BAND_ROWS = 64
+BAND_ROWS = 128
 BAND_HALO = 2
 
 
@@ -815,8 +816,9 @@ class Generator(nn.Module):
         """
         x = held.pop()
         n = x.shape[-2] - 1
-        for a in range(0, n, BAND_ROWS):
-            b = min(n, a + BAND_ROWS)
+        rows = BAND_ROWS * 4 // x.element_size()
+        for a in range(0, n, rows):
+            b = min(n, a + rows)
             start, end = max(0, a - BAND_HALO), min(n, b + BAND_HALO)
             # Row ``end`` stands in for the zero margin: it is x's own margin at the bottom,
             # and real data (affecting only the dropped rows) elsewhere.
