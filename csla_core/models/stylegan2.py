@@ -810,16 +810,22 @@ class Generator(nn.Module):
         speed (docs/performance.md, "Memory").
 
         A band of x's rows [a, b) is computed from rows [a - BAND_HALO, b + BAND_HALO + 1)
-        with everything outside taken as zero, as at the image's own border; the rows that
-        this changes lie within BAND_HALO input rows of the cut (the receptive field of the
-        level is two x rows either way) and are dropped, so the result is the unbanded one.
+        (or more) with everything outside taken as zero, as at the image's own border; the
+        rows that this changes lie within BAND_HALO input rows of the cut (the receptive field
+        of the level is two x rows either way) and are dropped, so the result is the unbanded
+        one.
         """
         x = held.pop()
         n = x.shape[-2] - 1
         rows = BAND_ROWS * 4 // x.element_size()
+        # Every band reads the same number of rows (the first and last take more beyond the
+        # cut, which is dropped too), so every band allocates blocks of the same sizes: the
+        # heap then reuses them render after render instead of faulting in new ones.
+        span = min(n, rows + 2 * BAND_HALO)
         for a in range(0, n, rows):
             b = min(n, a + rows)
-            start, end = max(0, a - BAND_HALO), min(n, b + BAND_HALO)
+            start = min(max(0, a - BAND_HALO), n - span)
+            end = start + span
             # Row ``end`` stands in for the zero margin: it is x's own margin at the bottom,
             # and real data (affecting only the dropped rows) elsewhere.
             band = [x[:, :, start : end + 1]]
