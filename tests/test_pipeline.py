@@ -325,7 +325,7 @@ def test_full_size_render_holds_no_whole_last_level_activation(pipe):
     largest = max(event.cpu_memory_usage for event in prof.events())
     last_level = 32 * 1025 * 1025 * itemsize  # 32 channels at 1024 px, with the zero margin
     one_below = 64 * 516 * 516 * itemsize  # the 512 px level's blur input, its largest
-    # Measured: 65 MB in float32 (the 512 px level's blur input); 135 MB unbanded.
+    # Measured in float32: 65 MiB (the 512 px level's blur input); 129 MiB unbanded.
     assert 0 < largest <= one_below < last_level
 
 

@@ -791,8 +791,9 @@ class Generator(nn.Module):
         """Level i of the fast path (2 ** (i + 3) px): the upsampling convolution, the
         convolution and the RGB layer. ``held`` = [x], emptied; returns (x, RGB image)."""
         k = 2 + 3 * i
-        up = self.convs[2 * i].forward_fast(held, sb[k], noises[0])
-        x = self.convs[2 * i + 1].forward_fast([up], sb[k + 1], noises[1])
+        # The upsampled activation is handed over in turn, so it is freed once it is read.
+        held = [self.convs[2 * i].forward_fast(held, sb[k], noises[0])]
+        x = self.convs[2 * i + 1].forward_fast(held, sb[k + 1], noises[1])
         return x, self.to_rgbs[i].forward_fast(x, sb[k + 2], skip)
 
     def _level_fast_banded(
