@@ -11,6 +11,7 @@ import math
 
 from csla_core.cli import main as cli_main
 from csla_core.evaluation.bench import format_report
+from csla_core.models.stylegan2 import Generator
 
 STAGES = [
     "generator 64, fast path",
@@ -53,6 +54,14 @@ def test_bench_reports_every_stage_with_ratios_parity_and_precisions_side_by_sid
     for stage in ("generator 64, fast path", "generator preview 16, fast path"):
         assert "x the reference path as it runs" in timings[stage]["note"]
         assert "x the reference path in this process" in timings[stage]["note"]
+    # The fast renders say how near the CPU's peak they run: their arithmetic over their time.
+    for stage, resolution in (
+        ("generator 64, fast path", 64),
+        ("generator preview 16, fast path", 16),
+    ):
+        gflop = Generator(size=64).synthesis_flops(resolution) / 1e9
+        rate = gflop / timings[stage]["median_s"]
+        assert f"{gflop:.1f} GFLOP of convolutions, {rate:.0f} GFLOP/s" in timings[stage]["note"]
     assert report["machine"]["allocator"]
     assert report["machine"]["cpu"]
     assert "samples/s" in timings["training samples (batch 4, 256 px -> CLIP)"]["note"]

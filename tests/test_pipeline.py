@@ -5,10 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
 
 from csla_core import load_pipeline
 from csla_core.errors import CSLAError
 from csla_core.imaging import resize_batch, tensor_to_pil
+from csla_core.models.stylegan2 import ModulatedConv2d
 from csla_core.pipeline import RANDOM_WEIGHTS_NOTICE
 
 
@@ -309,6 +311,27 @@ def test_last_level_in_bands_keeps_gradients(small_pipe, monkeypatch):
     monkeypatch.setattr(stylegan2, "BAND_ROWS", 5)
     # Measured 2.5e-7 (summation order in the backward pass); bound as the float32 paths'.
     assert float((gradient() - whole).norm() / whole.norm()) < 3e-5
+
+
+@pytest.mark.parametrize("resolution", [None, 16])
+def test_synthesis_flops_are_what_torch_counts_in_the_modulated_convolutions(
+    small_pipe, resolution
+):
+    # torch's own FLOP counter over the batched path: every convolution inside a modulated
+    # convolution, less its FIR blur's (the blur is not counted by synthesis_flops).
+    gen = small_pipe.generator
+    with FlopCounterMode(display=False) as counter:
+        gen(small_pipe.latent_avg[None], max_resolution=resolution, impl="batched")
+    counts = counter.get_flop_counts()
+
+    def convolutions(name: str) -> int:
+        ops = counts.get(f"Generator.{name}", {})
+        return sum(n for op, n in ops.items() if str(op) == "aten.convolution")
+
+    layers = [name for name, m in gen.named_modules() if isinstance(m, ModulatedConv2d)]
+    counted = sum(convolutions(name) - convolutions(f"{name}.blur") for name in layers)
+    assert counted == gen.synthesis_flops(resolution) > 0
+    assert gen.synthesis_flops(16) < gen.synthesis_flops() == gen.synthesis_flops(64)
 
 
 def test_full_size_render_holds_no_whole_last_level_activation(pipe):

@@ -250,6 +250,12 @@ class _Bench:
                 )
                 for resolution in (None, self.preview)
             }
+            for resolution, seconds in fast_renders.items():
+                gflop = gen.synthesis_flops(resolution) / 1e9
+                _append_note(
+                    self.stage(f"generator {self.label(resolution)}, fast path"),
+                    f"{gflop:.1f} GFLOP of convolutions, {gflop / seconds:.0f} GFLOP/s",
+                )
             if pipe.device.type == "cpu":  # what fresh memory costs (csla_core.runtime)
                 before = minor_page_faults()
                 gen(wplus, impl="fast")

@@ -653,6 +653,23 @@ class Generator(nn.Module):
             for layer, row in zip(self._style_layers(), self._style_wplus_index())
         ]
 
+    def synthesis_flops(self, max_resolution: int | None = None) -> int:
+        """Floating-point operations (two per multiply-add) of the modulated convolutions of
+        one sample rendered up to ``max_resolution`` px: the arithmetic every path does,
+        whatever its arrangement (the FIR filters, noise and activations are not counted).
+        The bench divides it by a render's time to show how near a CPU's peak a render runs."""
+        target = min(max_resolution or self.size, self.size)
+        # (input px per side, output px per side) of each style layer, in execution order
+        sizes = [(4, 4), (4, 4)]
+        for i in range(len(self.to_rgbs)):
+            r = 2 ** (i + 3)
+            sizes += [(r // 2, r), (r, r), (r, r)]
+        return sum(
+            2 * size_in**2 * layer.in_channels * layer.out_channels * layer.kernel_size**2
+            for layer, (size_in, size_out) in zip(self._style_layers(), sizes)
+            if size_out <= target
+        )
+
     # ------------------------------------------------------------------ synthesis
     @torch.no_grad()
     def prepare_synthesis(self, dtype: torch.dtype = torch.float32) -> Generator:
