@@ -14,6 +14,7 @@ Options (flag / environment variable):
   --without-mappers          CSLA_WITHOUT_MAPPERS=1   start as a first run: calibrate mappers while serving
   --calibration-samples N    CSLA_CALIBRATION_SAMPLES first-run calibration bank size (default 1000)
   --precision P              CSLA_PRECISION           auto (bf16 on CPUs with native bf16), fp32, bf16, fp16 (GPU)
+  --refine-seconds S         CSLA_REFINE_SECONDS      time budget of "Refine likeness" (default 60 on CPU)
   --share                                             public gradio.live link
 The address comes from GRADIO_SERVER_NAME / GRADIO_SERVER_PORT (gradio's own variables).
 """
@@ -36,7 +37,7 @@ from csla_app.errors import user_error
 from csla_app.gradio_fixes import readable_decoding_errors
 from csla_app.model import PortraitEditor
 from csla_app.settings import EditSettings
-from csla_core.errors import WeightsError
+from csla_core.errors import WeightsError, finite
 from csla_core.runtime import PRECISION_CHOICES
 from csla_core.service import SESSION_TTL_S
 from csla_core.training.calibrate import CalibrationConfig
@@ -59,6 +60,9 @@ MAX_UPLOAD = "25mb"  # gradio refuses larger uploads before any decoding
 # the model calls of all events together (gradio's limit is otherwise per event).
 MODEL_CONCURRENCY_ID = "csla-models"
 MAX_QUEUE_SIZE = 64  # waiting requests beyond this are refused at once with "Queue is full"
+# Refinement events only wait on the background worker (one refinement computes at a time): a few
+# may wait at once, each showing its place.
+REFINE_CONCURRENCY = 4
 
 CSS = """
 #csla-notice {border: 2px solid #d97706; background: #fef3c7; color: #78350f;
@@ -146,21 +150,31 @@ def photo_row() -> dict:
                     label="Aligned crop", interactive=False, height=260, format="png"
                 )
                 reconstruction = gr.Image(
-                    label="Reconstruction (how the model sees the face)",
+                    label="The model's reconstruction",
                     interactive=False,
                     height=260,
                     format="png",
+                    elem_id="reconstruction",
                 )
             gr.Markdown(
-                "The closer the reconstruction is to the crop, the more the edits will "
-                "look like you."
+                "Strength 0 gives your photo back as it is. Where an edit changes the face, "
+                "the new pixels come from the model's reconstruction: **Refine likeness** "
+                "tunes the model to this face so that they look like you (about a minute on "
+                "a CPU; edits stay possible meanwhile)."
             )
+            likeness = gr.Markdown(elem_id="likeness")
+            with gr.Row():
+                refine_button = gr.Button("Refine likeness", elem_id="refine", scale=2)
+                cancel_refine = gr.Button("Cancel", elem_id="cancel-refine", scale=1)
     return dict(
         photo=photo,
         face_index=face_index,
         faces_image=faces_image,
         aligned=aligned,
         reconstruction=reconstruction,
+        likeness=likeness,
+        refine_button=refine_button,
+        cancel_refine=cancel_refine,
     )
 
 
@@ -211,6 +225,14 @@ def edit_controls() -> dict:
             label="Show results",
             scale=2,
         )
+        detail = gr.Radio(
+            [("Keep my photo's detail", "keep"), ("The model's face only", "none")],
+            value="keep",
+            label="Photo detail",
+            info="keep: your own pixels wherever the edit leaves the face alone",
+            elem_id="detail",
+            scale=2,
+        )
         edit_button = gr.Button("Edit", variant="primary", scale=1, elem_id="edit")
     return dict(
         prompt=prompt,
@@ -221,6 +243,7 @@ def edit_controls() -> dict:
         diversity=diversity,
         seed=seed,
         paste_mode=paste_mode,
+        detail=detail,
         edit_button=edit_button,
     )
 
@@ -244,7 +267,14 @@ def results_row() -> dict:
             label="Before / after", format="png", elem_id="compare", scale=2, max_height=560
         )
     api_edit_trigger = gr.Button(visible=False)  # the /edit endpoint's event
-    return dict(status=status, gallery=gallery, slider=slider, api_edit_trigger=api_edit_trigger)
+    api_refine = gr.Checkbox(False, visible=False)  # /edit's optional "refine" parameter
+    return dict(
+        status=status,
+        gallery=gallery,
+        slider=slider,
+        api_edit_trigger=api_edit_trigger,
+        api_refine=api_refine,
+    )
 
 
 def sweep_tab(default_frames: int) -> dict:
@@ -308,7 +338,14 @@ def wire(editor: PortraitEditor, ui: SimpleNamespace) -> None:
     descriptions are given here: gradio would otherwise show the methods' docstrings, which
     describe UI actions."""
     models = {"concurrency_id": MODEL_CONCURRENCY_ID}
-    analysis_outputs = [ui.face_index, ui.faces_image, ui.aligned, ui.reconstruction, ui.cache]
+    analysis_outputs = [
+        ui.face_index,
+        ui.faces_image,
+        ui.aligned,
+        ui.reconstruction,
+        ui.likeness,
+        ui.cache,
+    ]
     ui.photo.change(
         editor.new_photo,
         [ui.photo, ui.cache],
@@ -327,6 +364,21 @@ def wire(editor: PortraitEditor, ui: SimpleNamespace) -> None:
         **models,
     )
 
+    # Refinement runs in the background and yields to every model call: its event waits on it
+    # outside the model queue, so other requests are served meanwhile.
+    refining = ui.refine_button.click(
+        editor.refine,
+        [ui.photo, ui.face_index, ui.cache],
+        [ui.reconstruction, ui.likeness, ui.cache],
+        api_name="refine",
+        api_description="Refine likeness: tune the model to the chosen face (pivotal tuning); "
+        "every later edit of it in this session uses the result.",
+        concurrency_id="refine",
+        concurrency_limit=REFINE_CONCURRENCY,
+        show_progress_on=[ui.reconstruction],
+    )
+    ui.cancel_refine.click(None, None, None, cancels=[refining], api_name=False)
+
     # The edit settings, passed by name (their names are the API's parameter names), then the
     # session cache: the same inputs for the button, the slider and its release.
     settings = EditSettings.inputs(
@@ -340,6 +392,7 @@ def wire(editor: PortraitEditor, ui: SimpleNamespace) -> None:
         diversity=ui.diversity,
         seed=ui.seed,
         paste_mode=ui.paste_mode,
+        detail=ui.detail,
     )
     edit_event = {
         "inputs_kwargs": {**settings, "cache": ui.cache},
@@ -375,11 +428,13 @@ def wire(editor: PortraitEditor, ui: SimpleNamespace) -> None:
     )
     ui.api_edit_trigger.click(
         editor.edit_api,
-        [ui.photo, ui.prompt, ui.strength, ui.seed, ui.samples, ui.cache],
+        [ui.photo, ui.prompt, ui.strength, ui.seed, ui.samples, ui.detail, ui.api_refine, ui.cache],
         [ui.gallery, ui.cache],
         api_name="edit",
         api_description="Edit the largest face of a photo: (image, prompt, strength, seed, "
-        "samples) -> the edited photos, pasted back at full resolution.",
+        "samples[, detail, refine]) -> the edited photos, pasted back at full resolution. "
+        'detail: "keep" (default) or "none"; refine: refine likeness first (default false; '
+        "up to a minute on a CPU).",
         **models,
     )
     ui.gallery.select(
@@ -404,6 +459,7 @@ def wire(editor: PortraitEditor, ui: SimpleNamespace) -> None:
             "diversity": ui.diversity,
             "seed": ui.seed,
             "paste_mode": ui.paste_mode,
+            "detail": ui.detail,
             "cache": ui.cache,
         },
         api_name="sweep",
@@ -428,6 +484,8 @@ def build_demo(
     sweep_dir: str | os.PathLike | None = None,
     prepare_mappers: bool = True,
     calibration: CalibrationConfig | None = None,
+    refine_seconds: float | None = None,
+    allow_download: bool = False,
 ) -> gr.Blocks:
     """The whole app around a loaded pipeline, or around the error that prevented loading it.
 
@@ -435,6 +493,8 @@ def build_demo(
     ``concurrency_limit`` is how many model calls run at once (all events together).
     Without mappers for the loaded models, ``prepare_mappers`` calibrates them in the background
     (``calibration``: its settings) while edits use the optimisation fallback.
+    ``refine_seconds``: "Refine likeness"'s time budget (default: 60 s on a CPU);
+    ``allow_download``: it may fetch LPIPS's AlexNet (else its MS-SSIM fallback).
     """
     gradio_fixes.install()
     editor = PortraitEditor(
@@ -443,6 +503,8 @@ def build_demo(
         sweep_dir=sweep_dir,
         prepare_mappers=prepare_mappers,
         calibration=calibration,
+        refine_seconds=refine_seconds,
+        allow_download=allow_download,
     )
     with gr.Blocks(title="CSLA portrait editor", delete_cache=(1800, 3600)) as demo:
         # Per-session cache; dropped SESSION_TTL_S after its last update (or when the tab closes).
@@ -476,6 +538,11 @@ def _env_flag(name: str) -> bool:
 def _env_int(name: str) -> int | None:
     value = os.environ.get(name, "").strip()
     return int(value) if value else None
+
+
+def _env_float(name: str) -> float | None:
+    value = os.environ.get(name, "").strip()
+    return finite(value, name) if value else None
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -537,6 +604,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="auto (default): bf16 on CPUs with native bf16 where it measures faster, else "
         "fp32; fp16 and bf16 on a GPU are asked for by name (env CSLA_PRECISION)",
     )
+    parser.add_argument(
+        "--refine-seconds",
+        type=float,
+        default=_env_float("CSLA_REFINE_SECONDS"),
+        help="time budget of “Refine likeness” (env CSLA_REFINE_SECONDS; default: 60 s on a "
+        "CPU, PTI's 350 steps on a GPU)",
+    )
     parser.add_argument("--share", action="store_true", help="create a public gradio.live link")
     return parser.parse_args(argv)
 
@@ -564,15 +638,25 @@ def load(args: argparse.Namespace) -> csla_core.CSLAPipeline | BaseException:
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     LOG.setLevel(logging.INFO)
+    logging.getLogger("csla_core").setLevel(logging.INFO)  # calibration, mappers, refinement
     args = parse_args(argv)
     pipe_or_error = load(args)
     if isinstance(pipe_or_error, csla_core.CSLAPipeline):
         pipe = pipe_or_error
         LOG.info("precision: %s (%s)", pipe.precision, pipe.precision_reason)
+        LOG.info("mappers: %s", pipe.sources.get("mappers", "none yet: the first run makes them"))
         if pipe.notice:
             LOG.warning(pipe.notice)
     calibration = CalibrationConfig(n_samples=args.calibration_samples, chunk=4)
-    demo = build_demo(pipe_or_error, max_resolution=args.max_resolution, calibration=calibration)
+    if args.refine_seconds is not None and args.refine_seconds <= 0:
+        raise SystemExit("--refine-seconds must be a positive number of seconds")
+    demo = build_demo(
+        pipe_or_error,
+        max_resolution=args.max_resolution,
+        calibration=calibration,
+        refine_seconds=args.refine_seconds,
+        allow_download=not args.no_download,
+    )
     demo.launch(share=args.share, **launch_options())
 
 

@@ -21,10 +21,10 @@ import gradio as gr
 
 import csla_core
 from csla_core.service import (
-    AUTO_STRENGTH,
     EditingService,
     MapperPreparation,
     SessionCache,
+    SliceReport,
     compare_pair,
     session_cache,
 )
@@ -38,6 +38,7 @@ PROGRESS = gr.Progress()  # the handlers' progress-tracker default (gradio fills
 GPU_DURATION_S = 60  # ZeroGPU time slot per model call
 EDIT_GPU_DURATION_S = 120  # an edit may fall back to the optimisation baseline (no mappers)
 CALIBRATION_SLICE_S = 45  # ZeroGPU: calibration work per GPU slot (the slot is GPU_DURATION_S)
+ZERO_GPU_REFINE_S = 40  # ZeroGPU: a refinement's tuning budget within its GPU_DURATION_S slot
 
 
 def zero_gpu(name: str, fn: Callable) -> Callable:
@@ -67,22 +68,34 @@ class PortraitEditor:
         sweep_dir: str | os.PathLike | None = None,
         prepare_mappers: bool = True,
         calibration: CalibrationConfig | None = None,
+        refine_seconds: float | None = None,
+        allow_download: bool = False,
     ):
         # First run: no mappers for these models yet, so they are made while the app serves.
         pipe = pipe_or_error if isinstance(pipe_or_error, csla_core.CSLAPipeline) else None
         self.preparation = None
         if prepare_mappers and pipe is not None and pipe.mappers is None and pipe.clip is not None:
             self.preparation = MapperPreparation(pipe, calibration, on_done=_log_self_check)
+        zero = spaces.config.Config.zero_gpu
         self.service = EditingService(
             pipe_or_error,
             max_resolution=max_resolution,
             sweep_dir=sweep_dir,
             wrap_model_call=zero_gpu,
             preparation=self.preparation,
+            # ZeroGPU lends the GPU to a call in a forked worker: a refinement is one such call.
+            background_refinement=not zero,
+            refine_seconds=refine_seconds or (ZERO_GPU_REFINE_S if zero else None),
+            allow_download=allow_download,
         )
         # On ZeroGPU the GPU is only lent to events: the page's timer runs calibration slices.
-        if self.preparation is not None and not spaces.config.Config.zero_gpu:
-            self.preparation.start()
+        if self.preparation is not None:
+            if zero:
+                LOG.info("first-run calibration: in GPU calls only (ZeroGPU slices of %d s)",
+                         CALIBRATION_SLICE_S)  # fmt: skip
+            else:
+                LOG.info("first-run calibration: in the background, yielding to requests")
+                self.preparation.start()
 
     # -- what the layout shows
     @property
@@ -108,15 +121,16 @@ class PortraitEditor:
         if self.preparation is None:
             return gr.update(visible=False), gr.Timer(active=False)
         if spaces.config.Config.zero_gpu:
-            self._calibration_slice()
+            # The slice runs in ZeroGPU's forked worker: its report is applied here.
+            self.preparation.apply(self._calibration_slice())
         status = self.preparation.status
         return gr.update(value=status.message, visible=True), gr.Timer(
             active=status.state == "running"
         )
 
     @spaces.GPU(duration=GPU_DURATION_S)
-    def _calibration_slice(self) -> None:
-        self.preparation.run_slice(CALIBRATION_SLICE_S)
+    def _calibration_slice(self) -> SliceReport:
+        return self.preparation.run_slice(CALIBRATION_SLICE_S)
 
     # -- photo and face
     @friendly
@@ -137,15 +151,26 @@ class PortraitEditor:
         """Detect, align, invert; the reconstruction at preview size, then full size."""
         cache = session_cache(cache)
         if not photo:
-            yield *_no_faces(), None, None, cache
+            yield *_no_faces(), None, None, "", cache
             return
         self.service.require()
         # Clear the previous outputs first: a failure below must not leave them on the page.
-        yield *(_no_faces() if reset else (gr.skip(), gr.skip())), None, None, cache
+        yield *(_no_faces() if reset else (gr.skip(), gr.skip())), None, None, "", cache
         for step in self.service.analysis_steps(cache, photo, face_index, progress):
             radio = gr.update(choices=step.choices, value=step.chosen, visible=step.several)
             faces = gr.update(value=step.annotated, visible=step.several)
-            yield radio, faces, step.crop, step.reconstruction, cache
+            yield radio, faces, step.crop, step.reconstruction, step.likeness, cache
+
+    @friendly
+    def refine(
+        self, photo: str | None, face_index: int | None, cache: Any, progress: Any = PROGRESS
+    ) -> Iterator:
+        """Refine likeness: tune the model to the chosen face (progress on the page; the
+        Cancel button stops it); every later edit of the face uses the result."""
+        cache = session_cache(cache)
+        for update in self.service.refine_steps(cache, photo, face_index, progress):
+            picture = gr.skip() if update.reconstruction is None else update.reconstruction
+            yield picture, update.status, cache
 
     # -- edits
     @friendly
@@ -192,10 +217,13 @@ class PortraitEditor:
         strength: float | str | None,
         seed: int | None,
         samples: int | None,
+        detail: str | None,
+        refine: bool | None,
         cache: Any,
         progress: Any = PROGRESS,
     ) -> Iterator:
-        """One call: photo + prompt -> edited photos (largest face, pasted back, full size)."""
+        """One call: photo + prompt -> edited photos (largest face, pasted back, full size);
+        ``refine``: refine likeness first (within this call: up to a minute on a CPU)."""
         # Face 0 (the largest), spread 0.5, pasted back: the defaults of EditSettings.
         edit = EditSettings(
             photo=photo,
@@ -204,9 +232,14 @@ class PortraitEditor:
             strength=strength,
             samples=samples,
             seed=seed,
+            detail=detail,
         )
+        request = edit.request(gr.Warning)  # every setting checked before any work
         cache = session_cache(cache)
-        for step in self._edit_steps(edit, cache, progress):
+        if refine and not self.service.is_refined(cache, request.photo, request.face_index):
+            for _ in self.service.refine_steps(cache, photo, 0, progress, inline=True):
+                pass
+        for step in self.service.edit_steps(cache, request, progress, gr.Warning):
             yield step.items, cache
 
     def _edit_steps(
@@ -218,23 +251,8 @@ class PortraitEditor:
         finished: bool = True,
     ) -> Iterator:
         """The service's edit steps for these settings: one per render size."""
-        strength = AUTO_STRENGTH if edit.auto else edit.strength  # else as given, "auto" too
-        return self.service.edit_steps(
-            cache,
-            edit.photo,
-            edit.face_index,
-            edit.prompt,
-            edit.source_prompt,
-            strength,
-            edit.samples,
-            edit.diversity,
-            edit.seed,
-            edit.paste,
-            progress,
-            gr.Warning,
-            resolutions,
-            finished,
-        )
+        request = edit.request(gr.Warning)
+        return self.service.edit_steps(cache, request, progress, gr.Warning, resolutions, finished)
 
     def compare(self, gallery: Any, cache: Any, evt: gr.SelectData) -> Any:
         """A result clicked: it goes into the before/after comparison."""
@@ -254,23 +272,9 @@ class PortraitEditor:
     ) -> tuple[str, SessionCache]:
         """An animation of sample 1 from -max_strength to +max_strength and back."""
         self.service.require()
-        edit = EditSettings(**settings)
+        request = EditSettings(**settings).request(gr.Warning, strength=max_strength, auto=False)
         cache = session_cache(cache)
-        name = self.service.sweep(
-            cache,
-            edit.photo,
-            edit.face_index,
-            edit.prompt,
-            edit.source_prompt,
-            max_strength,
-            frames,
-            edit.diversity,
-            edit.seed,
-            edit.paste,
-            progress,
-            gr.Warning,
-        )
-        return name, cache
+        return self.service.sweep(cache, request, frames, progress, gr.Warning), cache
 
     @friendly
     def generate(

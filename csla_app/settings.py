@@ -3,8 +3,11 @@ so each handler names the settings once and the API keeps its parameter names.""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any
+
+from csla_core.service import AUTO_STRENGTH, EditRequest
+from csla_core.service.request import Warn
 
 
 @dataclass(frozen=True)
@@ -22,10 +25,29 @@ class EditSettings:
     diversity: float | None = 0.5
     seed: int | None = 0
     paste_mode: str = "photo"  # "photo": pasted back into the photo; "crop": the aligned crops
+    detail: str | None = "keep"  # "keep": the photo's own pixels where the edit does not act
 
     @property
     def paste(self) -> bool:
         return self.paste_mode == "photo"
+
+    def request(self, warn: Warn | None = None, **changes: Any) -> EditRequest:
+        """These settings as the service's cleaned request (``changes``: fields replaced first,
+        e.g. the sweep's strength)."""
+        settings = replace(self, **changes) if changes else self
+        return EditRequest.clean(
+            settings.photo,
+            settings.prompt,
+            face_index=settings.face_index,
+            source_prompt=settings.source_prompt,
+            strength=AUTO_STRENGTH if settings.auto else settings.strength,
+            samples=settings.samples,
+            diversity=settings.diversity,
+            seed=settings.seed,
+            paste=settings.paste,
+            detail=settings.detail,
+            warn=warn,
+        )
 
     @classmethod
     def inputs(cls, **components: Any) -> dict[str, Any]:

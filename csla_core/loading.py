@@ -86,36 +86,54 @@ def find_mappers(
     fingerprints: dict[str, str],
 ) -> Path | None:
     """Mappers, in order: an explicit path (a file, or a folder holding mappers.safetensors) or
-    CSLA_MAPPERS; a hub repo given by ``repo`` or ``CSLA_MAPPERS_REPO`` (none is official, so
-    none is pinned); mappers made for these models (``fingerprints``) in the checkpoint folder
-    or the user's cache; csla_mappers.safetensors in the checkpoint folder. None when there are
-    none: edits then use the optimisation fallback."""
+    CSLA_MAPPERS; mappers made for these models (``fingerprints``) in the checkpoint folder or
+    the user's cache (``CSLA_CACHE``: a mounted volume keeps them across restarts); a hub repo
+    given by ``repo`` or ``CSLA_MAPPERS_REPO`` (none is official, so none is pinned);
+    csla_mappers.safetensors in the checkpoint folder. None when there are none: edits then
+    use the optimisation fallback (and the app makes them)."""
     if path is not None and Path(path).is_dir():
         path = Path(path) / "mappers.safetensors"
     if path is not None or os.environ.get(weights.CSLA_MAPPERS.env_var):
         return weights.find_local(weights.CSLA_MAPPERS, path=path).path
-    repo = repo or os.environ.get("CSLA_MAPPERS_REPO")
-    if repo:
-        return _download_mappers(repo, directory, allow_download)
     made_here = weights.mappers_for_models(fingerprints, directory)
     if made_here is not None:
         return made_here
+    repo = repo or os.environ.get("CSLA_MAPPERS_REPO")
+    if repo:
+        found = _download_mappers(repo, allow_download, fingerprints)
+        if found is not None:
+            return found
     local = weights.find_local(weights.CSLA_MAPPERS, directory=directory)
     return local.path if local is not None else None
 
 
-def _download_mappers(repo: str, directory: Path, allow_download: bool) -> Path:
+def _download_mappers(repo: str, allow_download: bool, fingerprints: dict[str, str]) -> Path | None:
+    """Mappers from a hub model repo: the file made for these models (what the app uploads
+    after calibrating), else ``mappers.safetensors`` (``train --push-to-hub``). None when the
+    repo has neither, or does not exist yet (the app then calibrates and uploads)."""
     if not allow_download or weights.hub_offline():
         raise WeightsError(
             f"CSLA mappers from {repo} were asked for, but downloads are off; put "
-            f"{weights.CSLA_MAPPERS.filename} in {directory.resolve()}/ instead."
+            f"{weights.CSLA_MAPPERS.filename} in the checkpoint folder instead, or allow "
+            "downloads."
         )
     from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError
 
-    try:
-        return Path(hf_hub_download(repo, weights.CSLA_MAPPERS.filename))
-    except Exception as exc:  # any hub failure means the same thing to the user
-        raise WeightsError(f"Could not download CSLA mappers from {repo}: {exc}") from exc
+    for name in (weights.mappers_filename(fingerprints), "mappers.safetensors"):
+        try:
+            return Path(hf_hub_download(repo, name))
+        except EntryNotFoundError:
+            continue
+        except RepositoryNotFoundError:
+            logger.warning("the mappers repo %s does not exist (yet)", repo)
+            return None
+        except Exception as exc:  # network, auth: the user named this repo, so say so
+            raise WeightsError(f"Could not download CSLA mappers from {repo}: {exc}") from exc
+    logger.warning(
+        "%s holds no mappers for these models (%s)", repo, weights.mappers_filename(fingerprints)
+    )
+    return None
 
 
 def load_mappers_for(pipe: CSLAPipeline, path: Path, device: torch.device) -> CSLAMappers:

@@ -12,12 +12,15 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .editing.result import MAPPERS_METHOD, EditResult
-from .editing.strength import DEFAULT_TARGET_CLIP_GAIN, StrengthSearch, is_auto
+from .editing.detail import Detail, edit_change
+from .editing.likeness import RefineConfig, Refinement
+from .editing.result import BASELINE_METHOD, MAPPERS_METHOD, EditResult, StrengthSearch
+from .editing.strength import DEFAULT_TARGET_CLIP_GAIN, is_auto
 from .errors import CSLAError
-from .imaging import resize_batch, tensor_to_pil
+from .imaging import pil_to_tensor, resize_batch, tensor_to_pil
 from .models.e4e import Encoder4Editing
-from .models.stylegan2 import Generator, Impl, NoiseMode, auto_impl
+from .models.stylegan2 import Generator, Impl, NoiseMode, SynthesisTuning, auto_impl
+from .models.tuning import TunedGenerator
 
 if TYPE_CHECKING:  # faces pulls in facenet-pytorch; import it only when photos are used
     from PIL import Image
@@ -44,6 +47,16 @@ class Inversion:
     faces: list[Face]  # every face found, largest first
     face_index: int
     photo: Image.Image  # the decoded, upright RGB photo
+    refinement: Refinement | None = None  # ``CSLAPipeline.refine``: the generator tuned to it
+
+    @property
+    def tuning(self) -> SynthesisTuning | None:
+        """What every render of this face applies (None until refined)."""
+        return None if self.refinement is None else self.refinement.delta
+
+    def crop(self, size: int) -> torch.Tensor:
+        """The aligned crop at ``size`` px: [1, 3, size, size] in [-1, 1]."""
+        return pil_to_tensor(self.aligned.image, size)
 
 
 @dataclass
@@ -140,11 +153,18 @@ class CSLAPipeline:
         noise_mode: NoiseMode = "const",
         max_resolution: int | None = None,
         generator: torch.Generator | None = None,
+        tuning: SynthesisTuning | None = None,
     ) -> torch.Tensor:
-        """W / W+ -> images [B, 3, R, R] in the generator's range (nominally [-1, 1])."""
+        """W / W+ -> images [B, 3, R, R] in the generator's range (nominally [-1, 1]);
+        ``tuning``: a refined face's (``Inversion.tuning``)."""
         with self.autocast():
             images = self.generator(
-                wplus.to(self.device), noise_mode, max_resolution, generator, impl=self.impl
+                wplus.to(self.device),
+                noise_mode,
+                max_resolution,
+                generator,
+                impl=self.impl,
+                tuning=_on(tuning, self.device),
             )
         return images.float()
 
@@ -154,11 +174,17 @@ class CSLAPipeline:
         styles: Sequence[torch.Tensor],
         noise_mode: NoiseMode = "const",
         max_resolution: int | None = None,
+        tuning: SynthesisTuning | None = None,
     ) -> torch.Tensor:
         """StyleSpace -> images (for edits made in S)."""
         with self.autocast():
             images = self.generator.synthesize(
-                [s.to(self.device) for s in styles], noise_mode, max_resolution, None, self.impl
+                [s.to(self.device) for s in styles],
+                noise_mode,
+                max_resolution,
+                None,
+                self.impl,
+                tuning=_on(tuning, self.device),
             )
         return images.float()
 
@@ -170,8 +196,9 @@ class CSLAPipeline:
             )
         return self.clip
 
-    def editor(self) -> TextEditor:
-        """The CSLA editor (mappers + CLIP + generator), built on first use."""
+    def editor(self, tuning: SynthesisTuning | None = None) -> TextEditor:
+        """The CSLA editor (mappers + CLIP + generator), built on first use; with ``tuning``,
+        one whose renders (ranking, auto strength) are the refined face's."""
         from .editing.editor import TextEditor
 
         if self.mappers is None:
@@ -180,7 +207,15 @@ class CSLAPipeline:
             self._editor = TextEditor(
                 self.generator, self._require_clip(), self.mappers, self.latent_avg
             )
-        return self._editor
+        if tuning is None:
+            return self._editor
+        return self._editor.with_generator(self._generator(tuning))
+
+    def _generator(self, tuning: SynthesisTuning | None) -> Generator:
+        """The generator, or a view of it that renders with ``tuning`` (nothing copied)."""
+        if tuning is None:
+            return self.generator
+        return TunedGenerator(self.generator, _on(tuning, self.device))  # type: ignore[return-value]
 
     @property
     def embedding_resolution(self) -> int:
@@ -189,14 +224,17 @@ class CSLAPipeline:
 
     @torch.inference_mode()
     def image_embedding(
-        self, wplus: torch.Tensor, render: torch.Tensor | None = None
+        self,
+        wplus: torch.Tensor,
+        render: torch.Tensor | None = None,
+        tuning: SynthesisTuning | None = None,
     ) -> torch.Tensor:
         """CLIP embedding [1, D] of a code's render (the anchor of every edit; cache it).
         ``render``: that render at ``embedding_resolution``, where one was made already (the
         app's reconstruction preview), so it is not rendered twice."""
         clip = self._require_clip()
         if render is None:
-            render = self.render(wplus[:1], max_resolution=self.embedding_resolution)
+            render = self.render(wplus[:1], max_resolution=self.embedding_resolution, tuning=tuning)
         elif render.shape[-1] != self.embedding_resolution:
             raise ValueError(
                 f"the render to embed must be {self.embedding_resolution} px, "
@@ -218,6 +256,7 @@ class CSLAPipeline:
         rank: bool = False,
         target_clip_gain: float = DEFAULT_TARGET_CLIP_GAIN,
         optimised: MutableMapping[tuple, EditResult] | None = None,
+        tuning: SynthesisTuning | None = None,
     ) -> EditResult:
         """``n_samples`` different edits of one code [1, n_latent, 512] towards the prompt.
 
@@ -233,6 +272,8 @@ class CSLAPipeline:
         default keeps sample k the same direction at every strength, which sliders need).
         Without mappers (the optimisation fallback), ``optimised``, a mapping the caller keeps
         per input code, holds each prompt's optimum, so another strength costs no optimisation.
+        ``tuning``: a refined face's (``Inversion.tuning``): its renders rank the samples, find
+        the auto strength and guide the fallback's optimisation.
         """
         clip = self._require_clip()
         notices = []
@@ -245,17 +286,17 @@ class CSLAPipeline:
                     "strength 'auto' needs trained CSLA mappers; give a number instead."
                 )
             search = self._auto_strength(
-                wplus, target_prompt, source_prompt, image_embedding, target_clip_gain
+                wplus, target_prompt, source_prompt, image_embedding, target_clip_gain, tuning
             )
             strength = search.strength
             if not search.reached:
                 notices.append(search.describe())
         if self.mappers is None:
             return self._baseline_edit(
-                wplus, target_prompt, source_prompt, strength, seed, optimised
+                wplus, target_prompt, source_prompt, strength, seed, optimised, tuning
             )
         with torch.inference_mode(), self.autocast():
-            result = self.editor().edit(
+            result = self.editor(tuning).edit(
                 wplus.to(self.device),
                 target_prompt,
                 source_prompt=source_prompt,
@@ -275,13 +316,13 @@ class CSLAPipeline:
         return result
 
     def _auto_strength(
-        self, wplus, target_prompt, source_prompt, image_embedding, target_gain
+        self, wplus, target_prompt, source_prompt, image_embedding, target_gain, tuning
     ) -> StrengthSearch:
         from .editing.strength import calibrate_prompt_strength
 
         with torch.inference_mode(), self.autocast():
             return calibrate_prompt_strength(
-                self.editor(),
+                self.editor(tuning),
                 wplus.to(self.device),
                 target_prompt,
                 source_prompt,
@@ -292,19 +333,28 @@ class CSLAPipeline:
             )
 
     def _baseline_edit(
-        self, wplus, target_prompt, source_prompt, strength, seed, optimised
+        self, wplus, target_prompt, source_prompt, strength, seed, optimised, tuning
     ) -> EditResult:
         from .editing.optimise import LatentOptimiser, OptimisationConfig
 
         clip = self._require_clip()
         optimiser = LatentOptimiser(
-            self.generator, clip, OptimisationConfig(steps=self.baseline_steps)
+            self._generator(tuning), clip, OptimisationConfig(steps=self.baseline_steps)
         )
         # The optimisation is the slow part (about a minute at 1024 on 2 cores); another
         # strength only rescales its result, so with the caller's cache a slider move costs a
         # render, not an optimisation.
         key = (target_prompt, source_prompt or "", self.baseline_steps)
         optimum = None if optimised is None else optimised.get(key)
+        if optimum is None and float(strength) == 0.0:  # the input itself: nothing to optimise
+            start = self.generator.to_wplus(wplus.float()).cpu()
+            optimum = EditResult(
+                wplus=start,
+                styles=None,
+                method=BASELINE_METHOD,
+                target_prompt=target_prompt,
+                delta_w=torch.zeros_like(start),
+            )
         if optimum is None:
             optimum = optimiser.optimise(wplus.to(self.device), target_prompt).to_cpu()
             if optimised is not None:
@@ -322,11 +372,16 @@ class CSLAPipeline:
         return result
 
     @torch.inference_mode()
-    def render_edit(self, edit: EditResult, max_resolution: int | None = None) -> torch.Tensor:
+    def render_edit(
+        self,
+        edit: EditResult,
+        max_resolution: int | None = None,
+        tuning: SynthesisTuning | None = None,
+    ) -> torch.Tensor:
         """Images [n, 3, R, R] of an edit (from its StyleSpace codes when it has them)."""
         if edit.styles is not None:
-            return self.render_styles(edit.styles, max_resolution=max_resolution)
-        return self.render(edit.wplus, max_resolution=max_resolution)
+            return self.render_styles(edit.styles, max_resolution=max_resolution, tuning=tuning)
+        return self.render(edit.wplus, max_resolution=max_resolution, tuning=tuning)
 
     def generate(
         self, prompt: str, n: int = 4, seed: int = 0, diversity: float = 0.5
@@ -387,9 +442,113 @@ class CSLAPipeline:
 
     def paste(self, inversion: Inversion, face: Image.Image | torch.Tensor) -> Image.Image:
         """An edited face (PIL, or a [1, 3, H, W] tensor in [-1, 1]) blended back into the
-        original photo at its full resolution."""
+        original photo at its full resolution (the render as it is: ``detail="none"``)."""
         from .faces import paste_back
 
         if isinstance(face, torch.Tensor):
             face = tensor_to_pil(face[:1])[0]
         return paste_back(inversion.photo, face, inversion.aligned)
+
+    def reconstruct(self, inversion: Inversion, max_resolution: int | None = None) -> torch.Tensor:
+        """The face's own code rendered (with its refinement): [1, 3, R, R]; "keep" detail
+        measures an edit's change against it."""
+        return self.render(inversion.wplus, max_resolution=max_resolution, tuning=inversion.tuning)
+
+    def deliver(
+        self,
+        inversion: Inversion,
+        renders: torch.Tensor,
+        reconstruction: torch.Tensor | None = None,
+        *,
+        detail: Detail = "keep",
+        paste: bool = True,
+    ) -> list[Image.Image]:
+        """Edited renders [n, 3, R, R] as the user sees them: the photo with each edit pasted
+        back (``paste``), or the aligned crop at R px. ``detail="keep"``: the photo's own
+        pixels wherever an edit does not change the face (``editing.detail``; needs the face's
+        ``reconstruction`` at R px, else it is rendered); "none": the renders as they are.
+        A strength-0 edit with "keep" gives the photo (or the crop) back unchanged."""
+        from .faces import paste_back, paste_change
+
+        renders = renders.detach().float().cpu()
+        size = renders.shape[-1]
+        if detail == "keep" and reconstruction is None:
+            reconstruction = self.reconstruct(inversion, size).cpu()
+        if detail == "none" and paste:  # the plain paste of the render, as it always was
+            return [
+                paste_back(inversion.photo, face, inversion.aligned)
+                for face in tensor_to_pil(renders)
+            ]
+        change = edit_change(
+            renders, None if reconstruction is None else reconstruction.cpu(), detail
+        )
+        if not paste:
+            return tensor_to_pil(change.apply(inversion.crop(size)))
+        pictures = []
+        for k in range(len(change)):
+            added = (127.5 * (change.added[k] + change.taken[k])).permute(1, 2, 0).numpy()
+            taken = change.taken[k, 0].numpy()
+            pictures.append(paste_change(inversion.photo, added, taken, inversion.aligned))
+        return pictures
+
+    def refine(
+        self,
+        inversion: Inversion,
+        config: RefineConfig | None = None,
+        *,
+        allow_download: bool = False,
+        **hooks,
+    ) -> Refinement:
+        """Refine likeness: tune the generator to this face (pivotal tuning,
+        ``editing.likeness``) and keep the result in ``inversion.refinement``, so every later
+        render of the face applies it; the shared generator is not changed. ``config``:
+        ``RefineConfig.for_device`` by default (CPU: 256 px, 60 s). ``allow_download``: fetch
+        LPIPS's AlexNet if it is not here (else the MS-SSIM fallback). ``hooks``:
+        ``progress``, ``cancelled``, ``between_steps`` (``refine_generator``)."""
+        refinement = self.tune(
+            inversion.wplus,
+            inversion.crop(self.generator.size),
+            config,
+            allow_download=allow_download,
+            **hooks,
+        )
+        inversion.refinement = refinement
+        return refinement
+
+    def tune(
+        self,
+        wplus: torch.Tensor,
+        crop: torch.Tensor,
+        config: RefineConfig | None = None,
+        *,
+        allow_download: bool = False,
+        **hooks,
+    ) -> Refinement:
+        """``refine``'s tuning alone: code [1, n_latent, 512] and aligned crop [1, 3, H, W] in
+        [-1, 1] -> the ``Refinement`` (its delta on the CPU), changing nothing else (a ZeroGPU
+        call hands it back as its result)."""
+        from .editing.likeness import perceptual_loss, refine_generator
+
+        return refine_generator(
+            self.generator,
+            wplus,
+            crop,
+            config or RefineConfig.for_device(self.device),
+            perceptual=perceptual_loss(allow_download),
+            latent_avg=self.latent_avg,
+            autocast=self._tuning_autocast,
+            **hooks,
+        )
+
+    def _tuning_autocast(self):
+        """Tuning runs in float32, or in bf16 where the pipeline computes in bf16 (a CPU
+        with native bf16, or a GPU asked for it); fp16 would need loss scaling."""
+        if self.precision == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+
+def _on(tuning: SynthesisTuning | None, device: torch.device) -> SynthesisTuning | None:
+    """``tuning`` with its tensors on ``device`` (kept on the CPU between renders)."""
+    to = getattr(tuning, "to", None)
+    return tuning if to is None else to(device)

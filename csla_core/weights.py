@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import pickle
 import re
@@ -33,6 +34,7 @@ from safetensors.torch import save_file
 from .errors import WeightsError
 from .models.mappers import CSLAMappers, MapperConfig
 
+logger = logging.getLogger(__name__)
 DEFAULT_CHECKPOINT_DIR = Path("checkpoints")
 
 
@@ -171,6 +173,27 @@ def safetensors_problem(path: Path) -> str | None:
     return None
 
 
+# Tests only: the sha256 of one file to accept in place of a pinned one (random values in the
+# real format, for an offline start). It names that file's exact content, so it can never let
+# another file through, and an accepted file is logged.
+UNPINNED_SHA256_ENV = "CSLA_TEST_ACCEPT_SHA256"
+
+
+def _accepted_for_tests(path: Path, spec: WeightSpec) -> bool:
+    wanted = os.environ.get(UNPINNED_SHA256_ENV, "").strip().lower()
+    if not wanted or (spec.size is None and spec.sha256 is None):
+        return False
+    if sha256_of(path) != wanted:
+        return False
+    logger.warning(
+        "%s is not the pinned %s: accepted because %s names it (tests only)",
+        path,
+        spec.filename,
+        UNPINNED_SHA256_ENV,
+    )
+    return True
+
+
 def verify_file(path: Path, spec: WeightSpec) -> None:
     """Check size and sha256 where the spec knows them, and that a safetensors file is whole;
     memoised per (path, size, mtime)."""
@@ -180,6 +203,9 @@ def verify_file(path: Path, spec: WeightSpec) -> None:
             f"{path} is incomplete or corrupt ({problem}). Delete it and run "
             f"`python -m csla_core download --only {spec.key}`."
         )
+    wrong_size = spec.size is not None and stat.st_size != spec.size
+    if wrong_size and _accepted_for_tests(path, spec):
+        return
     if spec.size is not None and stat.st_size != spec.size:
         raise WeightsError(
             f"{path} has {stat.st_size:,} bytes, expected {spec.size:,} for {spec.filename}: "
@@ -192,7 +218,7 @@ def verify_file(path: Path, spec: WeightSpec) -> None:
     if _VERIFIED.get(memo_key) == spec.sha256:
         return
     actual = sha256_of(path)
-    if actual != spec.sha256:
+    if actual != spec.sha256 and not _accepted_for_tests(path, spec):
         raise WeightsError(
             f"{path} failed its checksum (sha256 {actual[:16]}..., expected {spec.sha256[:16]}...): "
             "it is corrupt or a different file. Delete it and run "

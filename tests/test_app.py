@@ -18,6 +18,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -33,6 +34,7 @@ CHROMIUM_ARGS = [
 ]
 SAMPLES = 2
 TEST_RESOLUTION = 256
+REFINE_SECONDS = 3.0
 
 if str(REPO) not in sys.path:  # app.py lives at the repository root
     sys.path.insert(0, str(REPO))
@@ -53,7 +55,8 @@ def pipe():
 
 @pytest.fixture(scope="module")
 def demo(pipe):
-    return app.build_demo(pipe, max_resolution=TEST_RESOLUTION)
+    # A short refinement: what is tested is the flow around it (tests/test_likeness.py tunes).
+    return app.build_demo(pipe, max_resolution=TEST_RESOLUTION, refine_seconds=REFINE_SECONDS)
 
 
 @pytest.fixture(scope="module")
@@ -93,9 +96,14 @@ def test_every_event_has_an_api_name(demo):
 
 
 def test_edit_endpoint_signature(client):
+    """The first five parameters as they always were; the new ones are optional."""
     info = client.view_api(print_info=False, return_format="dict")
-    params = [p["parameter_name"] for p in info["named_endpoints"]["/edit"]["parameters"]]
-    assert params == ["photo", "prompt", "strength", "seed", "samples"]
+    params = info["named_endpoints"]["/edit"]["parameters"]
+    names = [p["parameter_name"] for p in params]
+    assert names == ["photo", "prompt", "strength", "seed", "samples", "detail", "refine"]
+    defaults = {p["parameter_name"]: p.get("parameter_default") for p in params[5:]}
+    assert defaults == {"detail": "keep", "refine": False}
+    assert all(p.get("parameter_has_default") for p in params[5:])
 
 
 def test_the_edit_settings_are_the_api_parameters(client):
@@ -103,8 +111,10 @@ def test_the_edit_settings_are_the_api_parameters(client):
     info = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
     params = {name: [p["parameter_name"] for p in e["parameters"]] for name, e in info.items()}
     face, look = ["photo", "face_index", "prompt", "source_prompt"], ["diversity", "seed"]
-    assert params["/edit_photo"] == [*face, "strength", "auto", "samples", *look, "paste_mode"]
-    assert params["/sweep"] == [*face, "max_strength", "frames", *look, "paste_mode"]
+    show = ["paste_mode", "detail"]
+    assert params["/edit_photo"] == [*face, "strength", "auto", "samples", *look, *show]
+    assert params["/sweep"] == [*face, "max_strength", "frames", *look, *show]
+    assert params["/refine"] == ["photo", "face_index"]
     assert params["/invert"] == ["photo"] and params["/select_face"] == ["photo", "face_index"]
     assert params["/generate"] == ["prompt", "samples", "seed"]
 
@@ -190,11 +200,77 @@ def test_invert_endpoint_gives_crop_and_reconstruction(client):
     from gradio_client import handle_file
 
     outputs = client.predict(handle_file(str(ASTRONAUT)), api_name="/invert")
-    _radio, _faces, crop, reconstruction = outputs
+    _radio, _faces, crop, reconstruction, likeness = outputs
     with Image.open(crop) as image:
         assert image.size == (1024, 1024)
     with Image.open(reconstruction) as image:
         assert image.size == (TEST_RESOLUTION, TEST_RESOLUTION)
+    assert likeness.startswith("Reconstruction L2 ") and "(not refined)" in likeness
+
+
+def _grey_levels_apart(a, b) -> int:
+    with Image.open(a) as first, Image.open(b) as second:
+        assert first.size == second.size
+        x = np.asarray(first.convert("RGB"), np.int16)
+        return int(np.abs(x - np.asarray(second.convert("RGB"), np.int16)).max())
+
+
+def test_strength_zero_gives_the_photo_back_and_none_does_not(client):
+    (first, *_rest) = [item["image"] for item in edit(client, ASTRONAUT, strength=0.0)]
+    assert _grey_levels_apart(first, ASTRONAUT) <= 1
+    from gradio_client import handle_file
+
+    (none, *_) = client.predict(
+        handle_file(str(ASTRONAUT)), "smiling", 0.0, 0, 1, "none", api_name="/edit"
+    )
+    assert _grey_levels_apart(none["image"], ASTRONAUT) > 1
+    with pytest.raises(Exception, match="not in the list of choices"):  # gradio checks it
+        client.predict(handle_file(str(ASTRONAUT)), "smiling", 0.0, 0, 1, "blur", api_name="/edit")
+
+
+def test_strength_zero_crop_view_is_the_aligned_crop(client):
+    from gradio_client import handle_file
+
+    crop = client.predict(handle_file(str(ASTRONAUT)), api_name="/invert")[2]
+    results = client.predict(
+        photo=handle_file(str(ASTRONAUT)),
+        prompt="smiling",
+        strength=0.0,
+        samples=1,
+        paste_mode="crop",
+        api_name="/edit_photo",
+    )
+    with Image.open(crop) as image:
+        expected = image.convert("RGB").resize((TEST_RESOLUTION,) * 2, Image.Resampling.BILINEAR)
+    (item,) = results[0]
+    with Image.open(item["image"]) as got:
+        assert np.abs(np.asarray(got, np.int16) - np.asarray(expected, np.int16)).max() <= 1
+
+
+def test_refine_then_edit_through_the_api(client):
+    """/refine shows its progress and the refined reconstruction; /edit's refine parameter
+    refines within the call; edits of the refined face differ from the untuned ones."""
+    from gradio_client import Client, handle_file
+
+    job = client.submit(handle_file(str(ASTRONAUT)), 0, api_name="/refine")
+    outputs = job.result(timeout=300)
+    reconstruction, likeness = outputs
+    assert "(refined:" in likeness and "steps in" in likeness
+    with Image.open(reconstruction) as image:
+        assert image.size == (TEST_RESOLUTION, TEST_RESOLUTION)
+    statuses = [update[1] for update in job.outputs()]
+    assert any(str(s).startswith("Refining likeness") for s in statuses), statuses
+    # /edit with refine: a new session refines first, and its strength-0 result is still the photo.
+    fresh = Client(client.src, verbose=False)
+    refined = fresh.predict(handle_file(str(ASTRONAUT)), "smiling", 1.0, 0, 1, "none", True,
+                            api_name="/edit")  # fmt: skip
+    plain = fresh.predict(handle_file(str(ASTRONAUT)), "smiling", 1.0, 0, 1, "none", False,
+                          api_name="/edit")  # fmt: skip
+    other = Client(client.src, verbose=False)
+    untuned = other.predict(handle_file(str(ASTRONAUT)), "smiling", 1.0, 0, 1, "none",
+                            api_name="/edit")  # fmt: skip
+    assert _grey_levels_apart(refined[0]["image"], plain[0]["image"]) <= 1  # kept in the session
+    assert _grey_levels_apart(refined[0]["image"], untuned[0]["image"]) > 1
 
 
 def test_several_faces_can_be_chosen(client, tmp_path):
@@ -488,6 +564,36 @@ def test_browser_upload_prompt_release_slider_gives_a_gallery(server, browser):
             f"!{status}.includes('(auto)') && !{status}.includes('preview')", timeout=150_000
         )
         assert not auto.is_checked()
+    finally:
+        page.close()
+
+
+@pytest.mark.slow
+def test_browser_refine_likeness_then_edit_and_compare(server, browser):
+    """Upload, refine with its progress on the page (the page stays usable), then an edit of
+    the refined face and its before/after comparison."""
+    page = browser.new_page(viewport={"width": 1400, "height": 1800})
+    likeness = "document.querySelector('#likeness').innerText"
+    status = "document.querySelector('#status').innerText"
+    try:
+        page.goto(server, wait_until="load")
+        page.wait_for_selector("#photo input[type=file]", state="attached", timeout=60_000)
+        page.locator("#photo input[type=file]").set_input_files(str(ASTRONAUT))
+        page.wait_for_function(f"{likeness}.includes('not refined')", timeout=150_000)
+        page.locator("#refine").click()
+        page.wait_for_function(f"{likeness}.includes('Refining likeness')", timeout=60_000)
+        page.wait_for_function(f"{likeness}.includes('(refined:')", timeout=300_000)
+        assert re.search(r"\d+ steps in \d+ s", page.locator("#likeness").inner_text())
+        page.locator("#prompt textarea").fill("smiling")
+        page.locator("#edit").click()
+        page.wait_for_function(
+            f"{status}.includes('refined likeness') && !{status}.includes('preview')",
+            timeout=150_000,
+        )
+        page.wait_for_function(
+            "document.querySelectorAll('#compare img').length >= 1", timeout=30_000
+        )
+        assert page.locator("#results img").count() >= 1
     finally:
         page.close()
 

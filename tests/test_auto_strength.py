@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from csla_core.editing.strength import parse_strength, search_strength
+from csla_core.errors import InvalidSettingError
 
 
 def power_gain(scale: float, power: float):
@@ -54,8 +55,9 @@ def test_zero_target_needs_no_render_and_strength_parsing():
     assert search.strength == 0.0 and search.renders == 0 and search.reached
     assert parse_strength("auto") == "auto" and parse_strength(" AUTO ") == "auto"
     assert parse_strength("-0.5") == -0.5
-    with pytest.raises(ValueError):
-        parse_strength("strong")
+    for word in ("strong", "nan", "inf", "-inf"):  # the message every front end gives
+        with pytest.raises(InvalidSettingError, match="strength must be a finite number"):
+            parse_strength(word)
 
 
 def test_photo_edit_command_accepts_auto_strength(tmp_path, capsys):
@@ -68,8 +70,8 @@ def test_photo_edit_command_accepts_auto_strength(tmp_path, capsys):
         == 2
     )
     assert "does not exist" in capsys.readouterr().err
-    # ... while a word that is not a strength is refused by the parser.
-    with pytest.raises(SystemExit) as exc:
-        cli.main(["edit", missing, "smiling", "--strength", "strong"])
-    assert exc.value.code == 2
-    assert "strength" in capsys.readouterr().err
+    # ... while a word (or NaN) that is not a strength is refused, with the service's message.
+    for word in ("strong", "nan"):
+        assert cli.main(["edit", missing, "smiling", "--strength", word]) == 2
+        err = capsys.readouterr().err
+        assert f"error: The strength must be a finite number, got '{word}'." in err

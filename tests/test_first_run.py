@@ -69,22 +69,43 @@ def test_zero_gpu_calibrates_in_slices_that_resume_the_saved_bank(tmp_path):
     )
     prep = MapperPreparation(pipe, config, output_dir=tmp_path)
     slices = []
-    while not prep.run_slice(seconds=0.0):  # each slice renders one chunk, then stops
+    # Each slice renders one chunk, then stops; its report is applied where the app runs.
+    while not prep.apply(prep.run_slice(seconds=0.0)):
         slices.append(prep.status.done)
         assert pipe.mappers is None and len(slices) < 10
     assert slices == [4, 8] and prep.status.state == "done" and pipe.mappers is not None
 
 
+def test_a_slice_run_elsewhere_hands_its_mappers_to_the_apps_process(tmp_path):
+    """ZeroGPU runs a slice in a forked worker: its pipeline is a copy. The app's process
+    takes the mappers from the slice's file and report, not from the worker's memory."""
+    import copy
+
+    pipe = load_pipeline(random_weights=True, device="cpu", size=32, tiny_clip=True,
+                         with_mappers=False)  # fmt: skip
+    config = CalibrationConfig(
+        n_samples=8, chunk=8, min_samples=4, mappers=TrainConfig(max_resolution=32)
+    )
+    prep = MapperPreparation(pipe, config, output_dir=tmp_path)
+    worker = copy.copy(prep)  # the forked worker's view: another pipeline object
+    worker.pipe = copy.copy(pipe)
+    report = worker.run_slice(seconds=600.0)
+    assert report.state == "done" and worker.pipe.mappers is not None
+    assert pipe.mappers is None and prep.status.state == "running"  # nothing came back by itself
+    assert prep.apply(report) and pipe.mappers is not None and prep.status.state == "done"
+    assert pipe.sources["mappers"] == report.path
+
+
 def test_api_results_say_when_the_fallback_made_them():
     from pathlib import Path
 
-    from csla_core.service import EditingService, session_cache
+    from csla_core.service import EditingService, EditRequest, session_cache
 
     photo = Path(__file__).resolve().parents[1] / "assets" / "astronaut.jpg"
     pipe = load_pipeline(random_weights=True, device="cpu", size=32, tiny_clip=True,
                          with_mappers=False)  # fmt: skip
     pipe.baseline_steps = 2
     service = EditingService(pipe)
-    steps = list(service.edit_steps(session_cache(None), str(photo), 0, "smiling", None, 1.0, 1,
-                                    0.5, 0, True))  # fmt: skip
+    request = EditRequest.clean(str(photo), "smiling", samples=1)
+    steps = list(service.edit_steps(session_cache(None), request))
     assert "optimisation fallback" in steps[-1].items[0][1]

@@ -35,9 +35,11 @@ if str(REPO) not in sys.path:  # app.py and csla_app/ live at the repository roo
     sys.path.insert(0, str(REPO))
 
 from app_helpers import launch_on_loopback as launch  # noqa: E402
+from pipeline_stubs import FakeInversion  # noqa: E402
 
 import app  # noqa: E402
 from csla_app import gradio_fixes  # noqa: E402
+from csla_core.imaging import tensor_to_pil  # noqa: E402
 
 MODEL_EVENTS = {"invert", "select_face", "edit_photo", "edit_on_release", "edit", "sweep"}
 MODEL_EVENTS |= {"generate", "edit_preview"}
@@ -83,7 +85,7 @@ class StubPipeline:
         with Image.open(photo) as image:
             rgb = image.convert("RGB")
         face = SimpleNamespace(box=np.array([1, 1, 9, 9]), width=8.0, height=8.0)
-        return SimpleNamespace(
+        return FakeInversion(
             wplus=torch.zeros(1, 4, 8),
             aligned=SimpleNamespace(image=Image.new("RGB", (self.size, self.size))),
             faces=[face],
@@ -97,7 +99,7 @@ class StubPipeline:
     def embedding_resolution(self):
         return min(256, self.size)
 
-    def image_embedding(self, wplus, render=None):
+    def image_embedding(self, wplus, render=None, tuning=None):
         self._call()
         return torch.ones(1, 8)
 
@@ -109,18 +111,18 @@ class StubPipeline:
         self._call()
         return SimpleNamespace(strength=0.0, n=n, method="stub", notices=[])
 
-    def render(self, wplus, max_resolution=None):
+    def render(self, wplus, max_resolution=None, tuning=None):
         self._call()
         side = max_resolution or self.size
         return torch.zeros(wplus.shape[0], 3, side, side)
 
-    def render_edit(self, edit, max_resolution=None):
+    def render_edit(self, edit, max_resolution=None, tuning=None):
         self._call()
         side = max_resolution or self.size
         return torch.full((edit.n, 3, side, side), max(-1.0, min(1.0, edit.strength / 3)))
 
-    def paste(self, inversion, image):
-        return inversion.photo.copy()
+    def deliver(self, inversion, renders, reconstruction=None, *, detail="keep", paste=True):
+        return [inversion.photo.copy() for _ in renders] if paste else tensor_to_pil(renders)
 
 
 @pytest.fixture

@@ -42,6 +42,7 @@ from csla_core import service as svc
 from csla_core.errors import CSLAError, InputImageError, NoFaceError, PromptError
 from csla_core.service import (
     EditingService,
+    EditRequest,
     InvalidSettingError,
     NoPhotoError,
     session_cache,
@@ -202,18 +203,16 @@ def edit(
         path = folder / f"upload-{uuid.uuid4().hex}{suffix}"
         path.write_bytes(data)
     try:
+        request = EditRequest.clean(
+            str(path) if path else None,
+            prompt,
+            warn=warnings.append,
+            **{"samples": 1, **settings_},
+        )
         steps = list(
             service.edit_steps(
                 cache if cache is not None else session_cache(None),
-                str(path) if path else None,
-                settings_.get("face_index", 0),
-                prompt,
-                settings_.get("source_prompt"),
-                settings_.get("strength", 1.0),
-                settings_.get("samples", 1),
-                settings_.get("diversity", 0.5),
-                settings_.get("seed", 0),
-                True,
+                request,
                 warn=warnings.append,
             )
         )
@@ -326,17 +325,12 @@ def test_animations_and_colour_modes_are_edited(service, work, name, make):
 def test_missing_or_vanished_photo_is_a_clear_error(service, work):
     for photo in (None, ""):
         with pytest.raises(NoPhotoError):
-            list(
-                service.edit_steps(session_cache(None), photo, 0, "smiling", None, 1, 1, 0.5, 0, 1)
-            )
+            EditRequest.clean(photo, "smiling")
     # An upload deleted from gradio's cache (delete_cache) while a tab still points at it.
     for gone in (work / "deleted-upload.png", work):
         with pytest.raises(InputImageError, match="upload it again") as excinfo:
-            list(
-                service.edit_steps(
-                    session_cache(None), str(gone), 0, "smiling", None, 1, 1, 0.5, 0, 1
-                )
-            )
+            request = EditRequest.clean(str(gone), "smiling", samples=1)
+            list(service.edit_steps(session_cache(None), request))
         check_message(excinfo.value, work)
 
 
@@ -355,7 +349,7 @@ def warm_cache(service, work):
     cache = session_cache(None)
     photo = work / "astronaut.png"
     photo.write_bytes(ENCODED["png"])
-    list(service.edit_steps(cache, str(photo), 0, "smiling", None, 1.0, 1, 0.5, 0, True))
+    list(service.edit_steps(cache, EditRequest.clean(str(photo), "smiling", samples=1)))
     return cache, photo
 
 
@@ -615,7 +609,7 @@ def test_out_of_memory_in_a_batch_is_reported_and_the_next_edit_works(
     monkeypatch.setattr(small_pipe, "render_edit", failing)
     cache, photo = warm_cache
     with pytest.raises(type(exc)) as excinfo:  # the service lets it through to the front end ...
-        list(service.edit_steps(cache, str(photo), 0, "grey hair", None, 1.0, 4, 0.5, 0, True))
+        list(service.edit_steps(cache, EditRequest.clean(str(photo), "grey hair")))
     error = app.user_error(excinfo.value)  # ... which turns it into a message
     assert error.title == "Out of memory" and "fewer samples" in error.message
     outcome = prompt_edit(service, warm_cache, "grey hair", samples=4)
@@ -629,14 +623,12 @@ def test_out_of_memory_in_a_batch_is_reported_and_the_next_edit_works(
 def test_sweep_animations_get_unique_names_and_old_ones_are_deleted(service, warm_cache):
     cache, photo = warm_cache
     other = session_cache(None)
-    names = [
-        service.sweep(c, str(photo), 0, "smiling", None, 1.0, 3, 0.5, 0, False)
-        for c in (cache, other)
-    ]
+    request = EditRequest.clean(str(photo), "smiling", paste=False)
+    names = [service.sweep(c, request, 3) for c in (cache, other)]
     old = Path(names[0])
     os.utime(old, (time.time() - 2 * svc.SWEEP_DIR_MAX_AGE_S,) * 2)
     # The same session, photo and settings again: a new file, and the old one is pruned.
-    names.append(service.sweep(cache, str(photo), 0, "smiling", None, 1.0, 3, 0.5, 0, False))
+    names.append(service.sweep(cache, request, 3))
     assert len(set(names)) == 3 and {Path(n).parent for n in names} == {service.sweep_folder}
     assert not old.exists() and Path(names[1]).exists() and Path(names[2]).exists()
 
@@ -703,15 +695,18 @@ def api_edit(client, path, prompt="smiling", strength=1.0, seed=0, samples=1):
     return result, error, logs
 
 
-def raw_edit(server, demo, photo: dict, prompt, strength, seed=0, samples=1) -> dict:
+def raw_edit(
+    server, demo, photo: dict, prompt, strength, seed=0, samples=1, detail="keep", refine=False
+) -> dict:
     """POST to gradio's queue and read its event stream: sends what gradio_client refuses to
-    (NaN, lone surrogates). Returns the final message (``success``, ``output``) and the logs."""
+    (NaN, lone surrogates). Returns the final message (``success``, ``output``) and the logs.
+    (Raw calls send every parameter; gradio_client fills in the optional ones.)"""
     import httpx
 
     fn_index = next(i for i, fn in demo.fns.items() if fn.api_name == "edit")
     session_hash = uuid.uuid4().hex[:12]
     payload = {
-        "data": [photo, prompt, strength, seed, samples, None],
+        "data": [photo, prompt, strength, seed, samples, detail, refine, None],
         "fn_index": fn_index,
         "session_hash": session_hash,
         "event_data": None,

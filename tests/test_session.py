@@ -14,12 +14,14 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from pipeline_stubs import FakeInversion, flat_deliver
 
 from csla_core import service as svc
 from csla_core.errors import NoFaceError, PromptError, WeightsError
 from csla_core.service import (
     CachedInversion,
     EditingService,
+    EditRequest,
     NoPhotoError,
     SessionCache,
     annotate_faces,
@@ -29,6 +31,10 @@ from csla_core.service import (
     session_cache,
     write_gif,
 )
+
+
+def req(photo, prompt="smiling", **settings) -> EditRequest:
+    return EditRequest.clean(photo, prompt, **settings)
 
 
 class FakePipeline:
@@ -50,7 +56,7 @@ class FakePipeline:
         image = Image.open(photo).convert("RGB")
         faces = [SimpleNamespace(box=np.array([1, 1, 9, 9]), width=8.0, height=8.0)] * self.n_faces
         crop = Image.new("RGB", (self.size, self.size), (10 * face_index, 0, 0))
-        return SimpleNamespace(
+        return FakeInversion(
             wplus=torch.zeros(1, 4, 8),
             aligned=SimpleNamespace(image=crop),
             faces=faces,
@@ -64,7 +70,7 @@ class FakePipeline:
     def embedding_resolution(self):
         return min(256, self.size)
 
-    def image_embedding(self, wplus, render=None):
+    def image_embedding(self, wplus, render=None, tuning=None):
         self._count("embed")
         if render is None:
             self._count("render")  # the real pipeline renders the code to embed it
@@ -79,12 +85,12 @@ class FakePipeline:
         strength = self.FOUND_STRENGTH if strength == "auto" else strength
         return SimpleNamespace(strength=strength, n=n_samples, method="fake", notices=["cut"])
 
-    def render(self, wplus, max_resolution=None):
+    def render(self, wplus, max_resolution=None, tuning=None):
         self._count("render")
         side = max_resolution or self.size
         return torch.zeros(wplus.shape[0], 3, side, side)
 
-    def render_edit(self, edit, max_resolution=None):
+    def render_edit(self, edit, max_resolution=None, tuning=None):
         self._count("render_edit")
         side = max_resolution or self.size
         return torch.full((edit.n, 3, side, side), max(-1.0, min(1.0, edit.strength / 3)))
@@ -93,9 +99,9 @@ class FakePipeline:
         self._count("generate")
         return SimpleNamespace(strength=0.0, n=n, method="fake", notices=[])
 
-    def paste(self, inversion, image):
-        self._count("paste")  # the photo's size, the face's colour
-        return Image.new("RGB", inversion.photo.size, image.getpixel((0, 0)))
+    def deliver(self, *args, **kwargs):
+        self._count("deliver")
+        return flat_deliver(*args, **kwargs)
 
 
 @pytest.fixture
@@ -202,9 +208,10 @@ def test_without_a_pipeline_every_operation_says_what_to_download(tmp_path, phot
     assert service.pipe is None and service.notice == "" and service.resolution == 1024
     calls = [
         lambda: service.require(),
-        lambda: next(service.edit_steps(SessionCache(), photo, 0, "a", None, 1, 1, 0.5, 0, True)),
+        lambda: next(service.edit_steps(SessionCache(), req(photo, "a"))),
         lambda: next(service.analysis_steps(SessionCache(), photo, 0)),
-        lambda: service.sweep(SessionCache(), photo, 0, "a", None, 1, 3, 0.5, 0, True),
+        lambda: service.sweep(SessionCache(), req(photo, "a"), 3),
+        lambda: next(service.refine_steps(SessionCache(), photo, 0)),
         lambda: next(service.generate_steps("a face", 1, 0)),
     ]
     for call in calls:
@@ -214,15 +221,27 @@ def test_without_a_pipeline_every_operation_says_what_to_download(tmp_path, phot
         assert str(excinfo.value) == svc.MISSING_PIPELINE_MESSAGE
 
 
-def test_edit_checks_prompt_then_photo(tmp_path):
-    service = EditingService(FakePipeline(), sweep_dir=tmp_path)
+def test_a_request_checks_prompt_then_photo_then_settings():
     with pytest.raises(PromptError, match="prompt is empty"):
-        next(service.edit_steps(SessionCache(), None, 0, " ", None, 1.0, 1, 0.5, 0, True))
+        req(None, " ")
     with pytest.raises(NoPhotoError) as excinfo:
-        next(service.edit_steps(SessionCache(), None, 0, "smiling", None, 1.0, 1, 0.5, 0, True))
+        req(None, "smiling")
     assert str(excinfo.value) == "Upload a portrait (or pick the example) first."
     with pytest.raises(NoPhotoError):
-        service.sweep(SessionCache(), "", 0, "smiling", None, 1.0, 3, 0.5, 0, True)
+        req("", "smiling")
+    for name, value in [("strength", float("nan")), ("diversity", "inf"), ("strength", "x")]:
+        with pytest.raises(svc.InvalidSettingError, match="must be a finite number"):
+            req("p.png", "smiling", **{name: value})
+    with pytest.raises(svc.InvalidSettingError, match="detail setting must be one of keep, none"):
+        req("p.png", "smiling", detail="sharp")
+    cleaned = req("p.png", " smiling ", samples="20", seed=-4, detail=" NONE ", strength=" Auto ")
+    assert (cleaned.prompt, cleaned.samples, cleaned.seed, cleaned.detail) == (
+        "smiling",
+        8,
+        0,
+        "none",
+    )
+    assert cleaned.auto and req("p.png", "a", strength=None).strength == 1.0
 
 
 def test_max_resolution_must_be_a_power_of_two(tmp_path):
@@ -249,20 +268,10 @@ def test_edit_steps_preview_then_full_size_pasted_into_the_photo(tmp_path, photo
     pipe = FakePipeline(size=1024)
     service = EditingService(pipe, max_resolution=512, sweep_dir=tmp_path)
     cache, warnings, progress = SessionCache(), [], []
+    request = req(photo, " smiling ", source_prompt="", strength=-0.5, samples="2", seed=7)
     steps = list(
         service.edit_steps(
-            cache,
-            photo,
-            0,
-            " smiling ",
-            "",
-            -0.5,
-            "2",
-            0.5,
-            7,
-            True,
-            lambda *a, **k: progress.append(k.get("desc")),
-            warnings.append,
+            cache, request, lambda *a, **k: progress.append(k.get("desc")), warnings.append
         )
     )
     assert len(steps) == 2 and warnings == ["cut"]  # 256 px preview, then 512 px
@@ -290,10 +299,12 @@ def test_slider_drag_previews_only_a_face_already_inverted(tmp_path, photo):
     assert not service.has_inversion(cache, str(tmp_path / "gone.png"), 0)
     service.inversion(cache, photo, 0)
     assert service.has_inversion(cache, photo, 0) and not service.has_inversion(cache, photo, 1)
-    args = (cache, photo, 0, "smiling", None, 0.7, 2, 0.5, 1, False)
-    (drag,) = service.edit_steps(*args, resolutions=service.resolutions[:1], finished=False)
+    request = req(photo, strength=0.7, samples=2, seed=1, paste=False)
+    (drag,) = service.edit_steps(
+        cache, request, resolutions=service.resolutions[:1], finished=False
+    )
     assert drag.items[0][0].size == (256, 256) and drag.status.endswith(" — preview")
-    (release,) = service.edit_steps(*args, resolutions=service.resolutions[-1:])
+    (release,) = service.edit_steps(cache, request, resolutions=service.resolutions[-1:])
     assert release.items[0][0].size == (512, 512) and "preview" not in release.status
     assert pipe.calls["invert"] == 1 and pipe.calls["render_edit"] == 2
 
@@ -301,24 +312,22 @@ def test_slider_drag_previews_only_a_face_already_inverted(tmp_path, photo):
 @pytest.mark.parametrize("typed", ["auto", " Auto "])
 def test_auto_strength_reports_the_strength_found(tmp_path, photo, typed):
     service = EditingService(FakePipeline(size=64), sweep_dir=tmp_path)
-    (step,) = service.edit_steps(SessionCache(), photo, 0, "smiling", None, typed, 2, 0.5, 3, False)
+    request = req(photo, strength=typed, samples=2, seed=3, paste=False)
+    (step,) = service.edit_steps(SessionCache(), request)
     assert step.strength == FakePipeline.FOUND_STRENGTH
     assert "strength +1.35 (auto)" in step.status
     assert [c for _, c in step.items][1] == "sample 2 · strength +1.35 · seed 3"
-    (manual,) = service.edit_steps(SessionCache(), photo, 0, "smiling", None, 0.4, 1, 0.5, 3, False)
+    manual_request = req(photo, strength=0.4, samples=1, seed=3, paste=False)
+    (manual,) = service.edit_steps(SessionCache(), manual_request)
     assert manual.strength == 0.4 and "(auto)" not in manual.status
-    with pytest.raises(svc.InvalidSettingError, match="strength must be a finite number"):
-        next(
-            service.edit_steps(
-                SessionCache(), photo, 0, "smiling", None, "strong", 1, 0.5, 3, False
-            )
-        )
 
 
 def test_edit_steps_crops_and_the_comparison(tmp_path, photo):
     service = EditingService(FakePipeline(size=64), sweep_dir=tmp_path)
     cache = SessionCache()
-    (step,) = service.edit_steps(cache, photo, 0, "smiling", None, None, 1, 0.5, None, False)
+    (step,) = service.edit_steps(
+        cache, req(photo, strength=None, samples=1, seed=None, paste=False)
+    )
     assert step.items[0][0].size == (64, 64) and step.pair[0].size == (64, 64)
     assert "strength +1.00 · seed 0" in step.items[0][1]
     gallery = [(f"/tmp/{i}.png", "caption") for i in range(2)]
@@ -338,7 +347,7 @@ def test_analysis_renders_the_reconstruction_once(tmp_path, photo):
     assert last.several and last.chosen == 1 and last.annotated is not None
     assert last.choices == [("#0 (8×8 px)", 0), ("#1 (8×8 px)", 1)]
     (again,) = service.analysis_steps(cache, photo, 1)  # cached: no new render
-    assert again.reconstruction is last.reconstruction and pipe.calls["render"] == 2
+    assert again.reconstruction.size == (512, 512) and pipe.calls["render"] == 2
 
 
 def test_the_first_edit_after_analysis_embeds_the_preview_reconstruction(tmp_path, photo):
@@ -349,7 +358,7 @@ def test_the_first_edit_after_analysis_embeds_the_preview_reconstruction(tmp_pat
     cache = SessionCache()
     list(service.analysis_steps(cache, photo, 0))
     assert pipe.calls["render"] == 2 and pipe.calls["embed"] == 1
-    list(service.edit_steps(cache, photo, 0, "smiling", None, 1.0, 1, 0.5, 0, False))
+    list(service.edit_steps(cache, req(photo, samples=1, paste=False)))
     assert pipe.calls["render"] == 2 and pipe.calls["embed"] == 1 and pipe.calls["edit"] == 1
     # Without a preview (full size 256 or less) the full-size reconstruction is embedded.
     small = FakePipeline(size=256)
@@ -399,13 +408,13 @@ def test_sweep_writes_an_animation_of_the_requested_frames(tmp_path, photo):
     pipe = FakePipeline(size=64)
     service = EditingService(pipe, sweep_dir=tmp_path / "sweeps")
     cache = SessionCache()
-    path = service.sweep(cache, photo, 0, "smiling", None, 1.0, 3, 0.5, 0, False)
+    path = service.sweep(cache, req(photo, paste=False), 3)
     assert os.path.dirname(path) == str(tmp_path / "sweeps")
     with Image.open(path) as gif:
         assert gif.format == "GIF" and gif.n_frames == 4  # -1, 0, +1, then 0 on the way back
         assert gif.size == (64, 64)
     assert pipe.calls["edit"] == 3 and pipe.calls["embed"] == 1
-    frames = service.sweep(cache, photo, 0, "smiling", None, 1.0, "many", 0.5, 0, True)
+    frames = service.sweep(cache, req(photo), "many")
     with Image.open(frames) as gif:  # not a number: the default frame count (5 on CPU)
         assert gif.n_frames == 2 * service.default_frames - 2 == 8
         assert gif.size == (96, 64)  # pasted into the photo

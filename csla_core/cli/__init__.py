@@ -76,6 +76,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "compare_calibration_command",
         "the experiment behind the calibration recipe (tiny models)",
     ),
+    "fidelity": (
+        "csla_core.cli.evaluation",
+        "fidelity_command",
+        "how close results stay to the person: e4e, + detail kept, + refinement",
+    ),
     "check-mappers": (
         "csla_core.cli.evaluation",
         "check_mappers_command",

@@ -19,6 +19,7 @@ from .options import (
     add_output_option,
     add_samples_option,
     build_models,
+    finite_float,
     load_mappers,
 )
 
@@ -59,7 +60,7 @@ def _parser(prog: str, description: str) -> argparse.ArgumentParser:
     p.add_argument("--prompt", required=True)
     add_samples_option(p, 4, "number of samples", aliases=("--n",))
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--diversity", type=float, default=0.5)
+    p.add_argument("--diversity", type=finite_float("spread (diversity)"), default=0.5)
     p.add_argument(
         "--strength",
         type=parse_strength,
@@ -110,7 +111,7 @@ def edit_latent_command(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=300, help="optimisation steps (--method optimise)")
     p.add_argument(
         "--target-clip-gain",
-        type=float,
+        type=finite_float("target CLIP gain"),
         default=DEFAULT_TARGET_CLIP_GAIN,
         help="CLIP-similarity gain --strength auto aims for (default %(default)s)",
     )

@@ -11,13 +11,23 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..errors import CSLAError
+from ..errors import CSLAError, finite
 from ..runtime import PRECISION_CHOICES
 
 if TYPE_CHECKING:
     from ..models.clip import ClipEmbedder
     from ..models.stylegan2 import Generator
     from ..pipeline import CSLAPipeline
+
+
+def finite_float(what: str):
+    """An argparse type: a finite number, refused with the message every front end gives."""
+
+    def parse(text: str) -> float:
+        return finite(text, what)
+
+    parse.__name__ = what
+    return parse
 
 
 def hidden_alias(parser: argparse.ArgumentParser, *flags: str, dest: str, **options) -> None:

@@ -6,15 +6,21 @@ import argparse
 import sys
 from pathlib import Path
 
+from .. import weights
 from ..errors import CSLAError
-from .options import add_model_options, add_output_option, add_samples_option, build_pipeline
+from ..service.request import clean_detail
+from .options import (
+    add_model_options,
+    add_output_option,
+    add_samples_option,
+    build_pipeline,
+    finite_float,
+)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
 
 
 def download_command(argv: list[str] | None = None) -> int:
-    from .. import weights
-
     specs = {s.key: s for s in weights.ALL_SPECS if s.hub is not None}
     parser = argparse.ArgumentParser(
         prog="python -m csla_core download",
@@ -90,11 +96,12 @@ def align_command(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _photos(path: str) -> list[Path]:
-    """A photo, or every image in a folder (sorted)."""
+def photos_in(path: str, recursive: bool = False) -> list[Path]:
+    """A photo, or every image in a folder (and its subfolders with ``recursive``), sorted."""
     target = Path(path)
     if target.is_dir():
-        photos = sorted(p for p in target.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        found = target.rglob("*") if recursive else target.iterdir()
+        photos = sorted(p for p in found if p.suffix.lower() in IMAGE_SUFFIXES)
         if not photos:
             raise CSLAError(
                 f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in the folder {target}"
@@ -124,18 +131,40 @@ def edit_command(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--target-clip-gain",
-        type=float,
+        type=finite_float("target CLIP gain"),
         default=DEFAULT_TARGET_CLIP_GAIN,
         help="CLIP-similarity gain --strength auto aims for (default %(default)s)",
     )
     add_samples_option(parser, 4, "different edits per photo")
     parser.add_argument(
-        "--diversity", type=float, default=0.5, help="how different the samples are"
+        "--diversity",
+        type=finite_float("spread (diversity)"),
+        default=0.5,
+        help="how different the samples are",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--face", type=int, default=0, help="which face (0 = largest)")
     parser.add_argument(
         "--crop", action="store_true", help="write the aligned 1024 crop, not the photo"
+    )
+    parser.add_argument(
+        "--detail",
+        type=clean_detail,
+        default="keep",
+        help="keep (default): the photo's own pixels wherever the edit leaves the face alone "
+        "(strength 0 writes the photo back); none: the generator's face as rendered",
+    )
+    parser.add_argument(
+        "--refine",
+        action="store_true",
+        help="refine likeness first: tune the generator to each face (pivotal tuning; about a "
+        "minute per face on a CPU)",
+    )
+    parser.add_argument(
+        "--refine-seconds",
+        type=finite_float("refinement time budget"),
+        default=None,
+        help="time budget of --refine (default: 60 s on a CPU, PTI's 350 steps on a GPU)",
     )
     parser.add_argument("--mappers", help="CSLA mappers (.safetensors, or a folder holding one)")
     parser.add_argument(
@@ -148,7 +177,9 @@ def edit_command(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.samples < 1:
         raise CSLAError("--samples must be at least 1")
-    photos = _photos(args.photo)
+    if args.refine_seconds is not None and args.refine_seconds <= 0:
+        raise CSLAError("--refine-seconds must be a positive number of seconds")
+    photos = photos_in(args.photo)
     pipe = build_pipeline(args, mappers_path=args.mappers, with_mappers=not args.baseline)
     if not args.baseline:
         _ensure_mappers(pipe)
@@ -180,9 +211,9 @@ def _ensure_mappers(pipe) -> None:
 
 
 def _edit_photo(pipe, photo: Path, args: argparse.Namespace) -> None:
-    from ..imaging import tensor_to_pil
-
     inversion = pipe.invert(photo, face_index=args.face)
+    if args.refine:
+        _refine(pipe, inversion, photo, args.refine_seconds)
     result = pipe.edit(
         inversion.wplus,
         args.prompt,
@@ -192,18 +223,43 @@ def _edit_photo(pipe, photo: Path, args: argparse.Namespace) -> None:
         diversity=args.diversity,
         seed=args.seed,
         target_clip_gain=args.target_clip_gain,
+        tuning=inversion.tuning,
     )
     for notice in result.notices:
         print(f"note: {notice}")
     if result.strength_search is not None and result.strength_search.reached:
         print(f"{photo}: {result.strength_search.describe()}")
-    faces = tensor_to_pil(pipe.render_edit(result))
-    for k, face in enumerate(faces):
-        picture = face if args.crop else pipe.paste(inversion, face)
+    renders = pipe.render_edit(result, tuning=inversion.tuning)
+    pictures = pipe.deliver(inversion, renders, detail=args.detail, paste=not args.crop)
+    for k, picture in enumerate(pictures):
         picture.save(args.output / f"{photo.stem}_edit{k}.png")
     print(
-        f"{photo}: {len(faces)} edit(s) ({result.method}) -> {args.output}/{photo.stem}_edit*.png"
+        f"{photo}: {len(pictures)} edit(s) ({result.method}, detail {args.detail}) -> "
+        f"{args.output}/{photo.stem}_edit*.png"
     )
+
+
+def _refine(pipe, inversion, photo: Path, seconds: float | None) -> None:
+    """Refine likeness of the photo's face, with a progress bar."""
+    from tqdm import tqdm
+
+    from ..editing.likeness import RefineConfig
+
+    overrides = {} if seconds is None else {"seconds": seconds}
+    config = RefineConfig.for_device(pipe.device, **overrides)
+    total = int(config.seconds) if config.seconds is not None else config.steps
+    with tqdm(
+        total=total, desc=f"refining {photo.name}", unit="s" if config.seconds else "step"
+    ) as bar:
+
+        def progress(step) -> None:
+            bar.n = min(total, int(step.seconds if config.seconds else step.step))
+            bar.set_postfix_str(f"step {step.step}, L2 {step.l2:.4f}")
+
+        refinement = pipe.refine(
+            inversion, config, allow_download=not weights.hub_offline(), progress=progress
+        )
+    print(f"{photo}: refined ({refinement.loss}): {refinement.describe()}")
 
 
 def generate_command(argv: list[str] | None = None) -> int:
@@ -213,7 +269,7 @@ def generate_command(argv: list[str] | None = None) -> int:
     parser.add_argument("prompt")
     add_samples_option(parser, 4, "number of images", aliases=("--n",))
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--diversity", type=float, default=0.5)
+    parser.add_argument("--diversity", type=finite_float("spread (diversity)"), default=0.5)
     parser.add_argument("--mappers", help="CSLA mappers (.safetensors, or a folder holding one)")
     add_output_option(parser, "outputs", "output folder")
     add_model_options(parser, precision=True)

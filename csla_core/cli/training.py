@@ -15,6 +15,7 @@ from .options import (
     add_samples_option,
     build_models,
     build_pipeline,
+    finite_float,
     hidden_alias,
     train_device_is_cpu,
 )
@@ -199,7 +200,12 @@ def calibrate_command(argv: list[str] | None = None) -> int:
     add_model_options(p, tiny=True, precision=True)
     p.add_argument("-o", "--output", type=Path, default=None, help="folder (default: the cache)")
     add_samples_option(p, None, "bank size (default 1000; --tiny 512)")
-    p.add_argument("--minutes", type=float, default=None, help="stop rendering after this long")
+    p.add_argument(
+        "--minutes",
+        type=finite_float("minutes"),
+        default=None,
+        help="stop rendering after this long",
+    )
     args = p.parse_args(argv)
     overrides = {"minutes": args.minutes}
     if args.samples is not None:

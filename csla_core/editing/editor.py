@@ -34,6 +34,8 @@ GAN inversion.
 
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn.functional as F
 
@@ -91,6 +93,13 @@ class TextEditor:
         self.oversample = max(1, oversample)
         self.include_central = include_central
         self._styles_fn = generator_styles_fn(generator, self.latent_avg)
+
+    def with_generator(self, generator: Generator) -> TextEditor:
+        """This editor rendering with another generator of the same model (a refined face's
+        ``TunedGenerator``: its W -> S layers are the shared ones, so the mappers still fit)."""
+        editor = copy.copy(self)
+        editor.generator = generator
+        return editor
 
     # ------------------------------------------------------------------ helpers
     @torch.no_grad()

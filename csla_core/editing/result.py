@@ -4,15 +4,36 @@ UI: CSLA edits, the optimisation fallback and text-to-image all return an ``Edit
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
 
 import torch
 
-if TYPE_CHECKING:
-    from .strength import StrengthSearch
-
 MAPPERS_METHOD = "CSLA mappers"
 BASELINE_METHOD = "optimisation baseline (no trained mappers: slower)"
+
+
+@dataclass
+class StrengthSearch:
+    """Outcome of an automatic strength search."""
+
+    strength: float  # the chosen strength (signed)
+    gain: float  # CLIP-similarity gain measured at that strength (sample 0)
+    target_gain: float
+    reached: bool  # |gain - target| <= tolerance * |target|
+    renders: int  # renders used by the search
+    max_strength: float
+    tried: list[tuple[float, float]] = field(default_factory=list)  # (strength, gain) pairs
+
+    def describe(self) -> str:
+        if self.reached:
+            return (
+                f"auto strength {self.strength:+.3f}: CLIP gain {self.gain:+.4f} "
+                f"(target {self.target_gain:+.4f}, {self.renders} renders)"
+            )
+        return (
+            f"auto strength could not reach the CLIP gain {self.target_gain:+.4f} within "
+            f"strength +-{self.max_strength:g}; using {self.strength:+.3f} "
+            f"(gain {self.gain:+.4f})"
+        )
 
 
 @dataclass

@@ -20,10 +20,12 @@ reached, offered as an 'auto' option"):
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import torch
+
+from ..errors import finite
+from .result import StrengthSearch
 
 if TYPE_CHECKING:
     from .editor import TextEditor
@@ -36,31 +38,6 @@ DEFAULT_TARGET_CLIP_GAIN = 0.04
 DEFAULT_MAX_STRENGTH = 3.0
 DEFAULT_TOLERANCE = 0.05  # relative to the target gain
 DEFAULT_MAX_RENDERS = 8
-
-
-@dataclass
-class StrengthSearch:
-    """Outcome of an automatic strength search."""
-
-    strength: float  # the chosen strength (signed)
-    gain: float  # CLIP-similarity gain measured at that strength (sample 0)
-    target_gain: float
-    reached: bool  # |gain - target| <= tolerance * |target|
-    renders: int  # renders used by the search
-    max_strength: float
-    tried: list[tuple[float, float]] = field(default_factory=list)  # (strength, gain) pairs
-
-    def describe(self) -> str:
-        if self.reached:
-            return (
-                f"auto strength {self.strength:+.3f}: CLIP gain {self.gain:+.4f} "
-                f"(target {self.target_gain:+.4f}, {self.renders} renders)"
-            )
-        return (
-            f"auto strength could not reach the CLIP gain {self.target_gain:+.4f} within "
-            f"strength +-{self.max_strength:g}; using {self.strength:+.3f} "
-            f"(gain {self.gain:+.4f})"
-        )
 
 
 def search_strength(
@@ -201,10 +178,8 @@ def is_auto(value: object) -> bool:
 
 
 def parse_strength(text: str) -> float | str:
-    """Command-line strength: a number or ``auto``."""
+    """Command-line strength: a finite number or ``auto`` (anything else: the
+    InvalidSettingError every front end gives)."""
     if is_auto(text):
         return AUTO
-    try:
-        return float(text)
-    except ValueError as exc:
-        raise ValueError(f"strength must be a number or 'auto', got {text!r}") from exc
+    return finite(text, "strength")

@@ -302,8 +302,10 @@ class _Bench:
             )
 
     def session_stages(self) -> None:
-        """What a user of the app waits for: upload -> first edit, a slider move, 4 edits."""
-        from ..imaging import tensor_to_pil
+        """What a user of the app waits for: upload -> first edit, a slider move, 4 edits, with
+        the photo's detail kept (the default; the first edit renders the face's reconstruction
+        for it, later ones reuse it), and a step of "Refine likeness"."""
+        from ..editing.detail import keep_detail
 
         pipe, size = self.pipe, self.size
         photo = _photo(1)
@@ -316,7 +318,8 @@ class _Bench:
             result = pipe.edit(
                 inversion.wplus, "smiling", n_samples=1, image_embedding=session["embedding"]
             )
-            pipe.paste(inversion, tensor_to_pil(pipe.render_edit(result))[0])
+            session["reconstruction"] = pipe.reconstruct(inversion).cpu()
+            pipe.deliver(inversion, pipe.render_edit(result), session["reconstruction"])
 
         def slider_move(strength: list[float] = [0.5]) -> None:  # noqa: B006 - a counter
             strength[0] = -strength[0]  # a new strength each time
@@ -335,15 +338,52 @@ class _Bench:
             result = pipe.edit(
                 inversion.wplus, "smiling", n_samples=4, image_embedding=session["embedding"]
             )
-            pipe.render_edit(result)
+            session["renders"] = pipe.render_edit(result).cpu()
 
         self.add(
             f"photo upload -> first edited {size} image",
             upload_to_first_edit,
-            note="1 MP photo, pasted back",
+            note="1 MP photo, its detail kept, pasted back",
         )
         self.add(f"slider move (re-render one {size} edit)", slider_move)
         self.add(f"4 diverse edits at {size}", four_edits)
+        renders, reconstruction = session["renders"], session["reconstruction"]
+        inversion = session["inversion"]
+        keep = self.add(
+            f"keep the photo's detail, 4 results at {size}",
+            lambda: keep_detail(renders, reconstruction).apply(inversion.crop(size)),
+        )
+        _append_note(self.stage(f"keep the photo's detail, 4 results at {size}"),
+                     f"{1000 * keep / 4:.1f} ms per result")  # fmt: skip
+        self.add(
+            f"4 results kept and pasted into the photo at {size}",
+            lambda: pipe.deliver(inversion, renders, reconstruction),
+            note="1 MP photo",
+        )
+        self.refinement_stage(inversion)
+
+    def refinement_stage(self, inversion) -> None:
+        """Seconds per "Refine likeness" step (Adam on the synthesis weights, batched path), as a
+        multiple of a forward render at the loss's size."""
+        from ..editing.likeness import RefineConfig
+
+        pipe = self.pipe
+        config = RefineConfig.for_device(pipe.device, steps=self.repeats + 1, seconds=None)
+        resolution = min(config.resolution or self.size, self.size)
+        refinement = pipe.tune(inversion.wplus, inversion.crop(self.size), config)
+        # The first step also builds Adam's state: the median of the later ones.
+        gaps = [b - a for (a, _), (b, _) in zip(refinement.curve, refinement.curve[1:])]
+        step_s = sorted(gaps)[len(gaps) // 2]
+        with torch.inference_mode():
+            forward_s = time_call(
+                lambda: pipe.render(inversion.wplus, max_resolution=resolution), self.repeats
+            )
+        self.record(
+            f"refine likeness, one step at {resolution} px",
+            step_s,
+            f"{step_s / forward_s:.2f}x a {resolution} px render ({forward_s:.3f}s); "
+            f"{refinement.loss}",
+        )
 
     def reference_stages(self, fast_renders: dict[int | None, float]) -> dict[str, float]:
         """The reference and batched paths in this process, and each path's parity with the

@@ -23,7 +23,6 @@ import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +30,7 @@ import torch.nn.functional as F
 from ..editing.editor import TextEditor
 from ..editing.optimise import OptimisationConfig, optimise_latent
 from ..models.clip import ClipEmbedder
+from ..models.perceptual import load_lpips_network
 from ..models.stylegan2 import Generator
 
 UNAVAILABLE = "unavailable"
@@ -59,44 +59,16 @@ def identity_similarity(
     return (ea * eb).sum(dim=1)
 
 
-LPIPS_BACKBONES = {"alex": "alexnet-owt-7be5be79.pth", "vgg": "vgg16-397923af.pth"}
-
-
-def lpips_unavailable_reason(net: str = "alex") -> str | None:
-    """Why LPIPS cannot run offline here, or None when it can.
-
-    The ``lpips`` wheel (PyPI) ships its linear calibration heads, but its backbone is
-    torchvision's ImageNet network, which torchvision fetches from download.pytorch.org; it is
-    used only when already in torch's hub cache.
-    """
-    try:
-        import lpips  # type: ignore[import-not-found]  # noqa: F401
-    except ImportError:
-        return "the lpips package is not installed (pip install lpips)"
-    backbone = LPIPS_BACKBONES.get(net)
-    if backbone is None:
-        return f"unknown LPIPS backbone {net!r} (alex or vgg)"
-    ckpt_dir = Path(torch.hub.get_dir()) / "checkpoints"
-    if not (ckpt_dir / backbone).is_file():
-        return (
-            f"its {net} backbone weights ({backbone}, from download.pytorch.org) are not in "
-            f"{ckpt_dir}"
-        )
-    return None
-
-
 def load_lpips(net: str = "alex") -> PairMetric | None:
     """LPIPS distance if the ``lpips`` package and its backbone weights are local; else None
     (``lpips_unavailable_reason`` says why)."""
-    if lpips_unavailable_reason(net) is not None:
-        return None  # constructing it would try to download the backbone
-    import lpips  # type: ignore[import-not-found]
-
-    model = lpips.LPIPS(net=net, verbose=False).eval()
+    network = load_lpips_network(net)
+    if network is None:
+        return None
 
     @torch.no_grad()
     def distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        return model.to(a.device)(a.clamp(-1, 1), b.clamp(-1, 1)).flatten()
+        return network.to(a.device)(a.clamp(-1, 1), b.clamp(-1, 1)).flatten()
 
     return distance
 

@@ -2,8 +2,8 @@
 
 Steps: :func:`load_image` (``decode``: any photo -> RGB), :class:`FaceDetector` (``detect``:
 MTCNN, 5 landmarks), :func:`align_face` (``align``: FFHQ dataset alignment, Karras et al.) and
-:func:`paste_back` (``paste``: warp an edited crop back into the full-resolution photo under a
-feathered face mask). Measurements behind the constants: docs/faces.md.
+:func:`paste_back` / :func:`paste_change` (``paste``: an edited crop, or a change made on it, warped
+back into the full-resolution photo under a feathered face mask). Measurements behind the constants: docs/faces.md.
 """
 
 from .align import (
@@ -24,13 +24,13 @@ from .detect import (
     MIN_FACE_SIZE,
     REFINE_CROP_SIZE,
     REFINE_MIN_FACE,
-    Face,
     FaceDetector,
     check_face_size,
     get_default_detector,
     select_face,
 )
-from .paste import DEFAULT_FEATHER, face_mask, paste_back
+from .face import Face
+from .paste import DEFAULT_FEATHER, face_mask, paste_back, paste_change
 
 __all__ = [
     "DEFAULT_FEATHER",
@@ -58,6 +58,7 @@ __all__ = [
     "load_image",
     "mtcnn_eyes_to_ffhq",
     "paste_back",
+    "paste_change",
     "select_face",
     "to_rgb",
 ]

@@ -13,7 +13,7 @@ import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, TypeVar
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -22,9 +22,7 @@ from PIL import Image, ImageFilter
 from ..errors import NoFaceError
 from ..imaging import pil_to_tensor
 from .decode import to_rgb
-
-if TYPE_CHECKING:  # detect imports this module (refine aligns): no import back at run time
-    from .detect import Face
+from .face import Face
 
 DEFAULT_OUTPUT_SIZE = 1024
 
@@ -124,8 +122,9 @@ def paste_row_bands(
 
 
 def _landmarks_of(face_or_landmarks: Face | np.ndarray | Sequence[Sequence[float]]) -> np.ndarray:
-    # A Face by its attribute, not isinstance: this module does not import detect (see top).
-    points = getattr(face_or_landmarks, "landmarks", face_or_landmarks)
+    points = (
+        face_or_landmarks.landmarks if isinstance(face_or_landmarks, Face) else face_or_landmarks
+    )
     points = np.asarray(points, dtype=np.float64)
     if points.shape not in ((5, 2), (68, 2)):
         raise ValueError(f"landmarks must be [5, 2] (MTCNN) or [68, 2] (dlib); got {points.shape}")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -15,6 +14,7 @@ from PIL import Image, ImageOps
 from ..errors import InputImageError, NoFaceError
 from .align import align_face, apply_matrix
 from .decode import to_rgb
+from .face import Face
 
 # Detection runs on a copy whose long side is at most this: MTCNN's time grows with the pixel
 # count while its landmarks come from 48x48 face patches (timings: docs/faces.md).
@@ -33,35 +33,6 @@ PYRAMID_FACTOR = 0.709
 # Smallest face looked for in refine's upright crop, where the face box spans about half of it:
 # the detection pyramid without its 4 finest levels (the same points, faster: docs/faces.md).
 REFINE_MIN_FACE = DETECT_MIN_FACE / PYRAMID_FACTOR**4
-
-
-@dataclass
-class Face:
-    """One detected face, in the coordinates of the image given to the detector."""
-
-    box: np.ndarray  # float32 [4]: x0, y0, x1, y1
-    score: float  # MTCNN final-stage probability
-    landmarks: np.ndarray  # float32 [5, 2]: left eye, right eye, nose, mouth left, mouth right
-
-    @property
-    def width(self) -> float:
-        return float(self.box[2] - self.box[0])
-
-    @property
-    def height(self) -> float:
-        return float(self.box[3] - self.box[1])
-
-    @property
-    def size(self) -> float:
-        """Short side of the box in pixels (what decides whether a crop is usable)."""
-        return min(self.width, self.height)
-
-    def describe(self) -> str:
-        x0, y0, x1, y1 = (round(float(v)) for v in self.box)
-        return (
-            f"box ({x0}, {y0}, {x1}, {y1}), score {self.score:.3f}, "
-            f"size {self.width:.0f}x{self.height:.0f} px"
-        )
 
 
 def _as_float32(value: Any, shape_tail: tuple[int, ...]) -> np.ndarray | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 from PIL import Image
@@ -54,6 +55,65 @@ def _mask_support(feather: float, points: int = 256) -> np.ndarray:
     return np.array(_MASK_CENTRE) + (rim + unit * feather) * 1.01
 
 
+def _checked_photo(original: Image.Image, aligned: AlignedFace) -> Image.Image:
+    if original.size != tuple(aligned.source_size):
+        raise InputImageError(
+            f"The photo is {original.width}x{original.height} but the crop was taken from a "
+            f"{aligned.source_size[0]}x{aligned.source_size[1]} image: paste back into the same "
+            "photo the face was aligned from."
+        )
+    return original if original.mode == "RGB" else to_rgb(original)
+
+
+def _in_mask_region(
+    base: Image.Image,
+    aligned: AlignedFace,
+    crop_size: int,
+    feather: float,
+    blend: Callable[[np.ndarray, tuple[int, int, int, int]], Image.Image],
+    *sources: Image.Image,
+) -> Image.Image:
+    """A copy of ``base`` whose pixels where the face mask can be non-zero are
+    ``blend(band_to_crop, box)`` (a band's photo pixels -> crop pixels of a ``crop_size`` crop,
+    and its box in the photo); every other pixel is bit-identical to ``base``."""
+    if not 0.02 <= feather <= 0.2:
+        raise ValueError(f"feather must be within 0.02..0.2, got {feather}")
+    width, height = base.size
+    quad = aligned.quad
+    # Only the pixels the mask can touch are resampled: the bounding box of its support (about 60 %
+    # of the quad's) in the photo, which keeps 12 MP photos fast.
+    support = apply_matrix(quad_to_image(quad, 1, 1), _mask_support(feather) - 0.5) + 0.5
+    x0 = max(math.floor(support[:, 0].min()) - 1, 0)
+    y0 = max(math.floor(support[:, 1].min()) - 1, 0)
+    x1 = min(math.ceil(support[:, 0].max()) + 1, width)
+    y1 = min(math.ceil(support[:, 1].max()) + 1, height)
+    result = base.copy()
+    if x1 <= x0 or y1 <= y0:
+        return result
+
+    # Photo pixel -> crop pixel. Large regions (big faces in large photos) are blended in row
+    # bands on parallel threads: each pixel is warped as it would be in one piece, and its mask
+    # weight differs by float rounding at most (1 grey level).
+    photo_to_crop = np.linalg.inv(quad_to_image(quad, crop_size, crop_size))
+
+    def band(top: int, bottom: int) -> Image.Image:
+        band_to_photo = np.array([[1.0, 0.0, x0], [0.0, 1.0, y0 + top], [0.0, 0.0, 1.0]])
+        return blend(photo_to_crop @ band_to_photo, (x0, y0 + top, x1, y0 + bottom))
+
+    return paste_row_bands(result, in_row_bands(x1 - x0, y1 - y0, band, base, *sources), x0, y0)
+
+
+def _band_mask(band_to_crop: np.ndarray, box, crop_size: int, feather: float) -> np.ndarray:
+    """The face mask (0..1, float32) at each pixel centre of a band of the photo."""
+    x0, y0, x1, y1 = box
+    xs = np.arange(x1 - x0, dtype=np.float32)[None, :]
+    ys = np.arange(y1 - y0, dtype=np.float32)[:, None]
+    m = band_to_crop.astype(np.float32)
+    u = (m[0, 0] * xs + m[0, 1] * ys + m[0, 2] + 0.5) / crop_size
+    v = (m[1, 0] * xs + m[1, 1] * ys + m[1, 2] + 0.5) / crop_size
+    return face_mask(u, v, feather)
+
+
 def paste_back(
     original: Image.Image,
     edited_crop: Image.Image,
@@ -67,48 +127,60 @@ def paste_back(
     to ``original``. ``feather`` is the width of the mask's soft edge as a fraction of the crop
     side (0.02-0.2). Returns a new RGB image of the original's size.
     """
-    if not 0.02 <= feather <= 0.2:
-        raise ValueError(f"feather must be within 0.02..0.2, got {feather}")
-    if original.size != tuple(aligned.source_size):
-        raise InputImageError(
-            f"The photo is {original.width}x{original.height} but the crop was taken from a "
-            f"{aligned.source_size[0]}x{aligned.source_size[1]} image: paste back into the same "
-            "photo the face was aligned from."
-        )
-    base = original if original.mode == "RGB" else to_rgb(original)
+    base = _checked_photo(original, aligned)
     edit = edited_crop if edited_crop.mode == "RGB" else to_rgb(edited_crop)
-    width, height = base.size
-    quad = aligned.quad
-
     # A crop much denser than the photo's face region would alias under the bicubic warp below:
     # shrink it first (antialiased) to about the photo's resolution.
-    side = float(np.hypot(*(quad[3] - quad[0])))
+    side = float(np.hypot(*(aligned.quad[3] - aligned.quad[0])))
     if edit.width > 1.5 * side:
         target = max(8, math.ceil(side))
         edit = edit.resize((target, target), Image.Resampling.LANCZOS)
 
-    # Only the pixels the mask can touch are resampled: the bounding box of its support (about 60 %
-    # of the quad's) in the photo, which keeps 12 MP photos fast.
-    support = apply_matrix(quad_to_image(quad, 1, 1), _mask_support(feather) - 0.5) + 0.5
-    x0 = max(math.floor(support[:, 0].min()) - 1, 0)
-    y0 = max(math.floor(support[:, 1].min()) - 1, 0)
-    x1 = min(math.ceil(support[:, 0].max()) + 1, width)
-    y1 = min(math.ceil(support[:, 1].max()) + 1, height)
-    result = base.copy()
-    if x1 <= x0 or y1 <= y0:
-        return result
+    def blend(band_to_crop: np.ndarray, box) -> Image.Image:
+        return _blend_band(base, edit, band_to_crop, box, feather)
 
-    # Photo pixel -> crop pixel (at the edited crop's own size). Large regions (big faces in
-    # large photos) are blended in row bands on parallel threads: each pixel is warped as it
-    # would be in one piece, and its mask weight differs by float rounding at most (1 grey level).
-    photo_to_crop = np.linalg.inv(quad_to_image(quad, edit.width, edit.height))
+    return _in_mask_region(base, aligned, edit.width, feather, blend, edit)
 
-    def blend(top: int, bottom: int) -> Image.Image:
-        band_to_photo = np.array([[1.0, 0.0, x0], [0.0, 1.0, y0 + top], [0.0, 0.0, 1.0]])
-        box = (x0, y0 + top, x1, y0 + bottom)
-        return _blend_band(base, edit, photo_to_crop @ band_to_photo, box, feather)
 
-    return paste_row_bands(result, in_row_bands(x1 - x0, y1 - y0, blend, base, edit), x0, y0)
+def paste_change(
+    original: Image.Image,
+    added: np.ndarray,
+    taken: np.ndarray,
+    aligned: AlignedFace,
+    *,
+    feather: float = DEFAULT_FEATHER,
+) -> Image.Image:
+    """Apply a change made on the aligned crop to the photo itself: each photo pixel P under
+    the face mask m becomes P + m (added - taken P), with ``added`` [H, W, 3] (grey levels,
+    float32) and ``taken`` [H, W] (0..1) at any crop size, warped bilinearly into the photo.
+    Where ``added`` and ``taken`` are zero the photo's own pixels are kept, bit for bit
+    (``editing.detail.Change``: ``taken`` 1 and ``added`` the render is the plain paste)."""
+    base = _checked_photo(original, aligned)
+    size = added.shape[0]
+    if added.shape != (size, size, 3) or taken.shape != (size, size):
+        raise ValueError(
+            f"added [S, S, 3] and taken [S, S] expected, got {added.shape}, {taken.shape}"
+        )
+    planes = [
+        Image.fromarray(np.ascontiguousarray(added[..., c], np.float32), "F") for c in range(3)
+    ]
+    planes.append(Image.fromarray(np.ascontiguousarray(taken, np.float32), "F"))
+
+    def blend(band_to_crop: np.ndarray, box) -> Image.Image:
+        x0, y0, x1, y1 = box
+        data = pil_affine_data(band_to_crop)
+        warped = [
+            np.asarray(p.transform((x1 - x0, y1 - y0), Image.Transform.AFFINE, data,
+                                   resample=Image.Resampling.BILINEAR))
+            for p in planes
+        ]  # fmt: skip
+        mask = _band_mask(band_to_crop, box, size, feather)
+        photo = np.asarray(base.crop(box), dtype=np.float32)
+        change = np.stack(warped[:3], axis=-1) - warped[3][..., None] * photo
+        out = photo + mask[..., None] * change
+        return Image.fromarray(np.clip(np.rint(out), 0, 255).astype(np.uint8), "RGB")
+
+    return _in_mask_region(base, aligned, size, feather, blend)
 
 
 def _blend_band(
@@ -126,11 +198,6 @@ def _blend_band(
         pil_affine_data(band_to_crop),
         resample=Image.Resampling.BICUBIC,
     )
-    # Mask at each pixel centre, from its normalised crop coordinates.
-    xs = np.arange(x1 - x0, dtype=np.float32)[None, :]
-    ys = np.arange(y1 - y0, dtype=np.float32)[:, None]
-    m = band_to_crop.astype(np.float32)
-    u = (m[0, 0] * xs + m[0, 1] * ys + m[0, 2] + 0.5) / edit.width
-    v = (m[1, 0] * xs + m[1, 1] * ys + m[1, 2] + 0.5) / edit.height
-    weights = np.rint(face_mask(u, v, feather) * 255.0).astype(np.uint8)
+    weights = np.rint(_band_mask(band_to_crop, box, edit.width, feather) * 255.0)
+    weights = weights.astype(np.uint8)
     return Image.composite(warped, base.crop(box), Image.fromarray(weights, "L"))

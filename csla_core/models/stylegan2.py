@@ -19,7 +19,7 @@ import logging
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Literal
+from typing import Literal, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -59,6 +59,20 @@ def auto_impl(device: torch.device) -> Impl:
 
 FirFilter = Callable[..., torch.Tensor]
 BLUR_TAPS = (1, 3, 3, 1)
+
+
+class SynthesisTuning(Protocol):
+    """Changes to the synthesis weights that a render applies without touching the shared
+    module (one face's pivotal tuning, ``csla_core.models.tuning``). ``index`` is a style
+    layer's place in ``Generator._style_layers()``; None: the layer's own tensor."""
+
+    def weight(self, index: int, base: torch.Tensor) -> torch.Tensor | None: ...
+
+    def bias(self, index: int, base: torch.Tensor) -> torch.Tensor | None: ...
+
+
+# (weight, bias) a layer uses instead of its own (None in either place, or None: its own).
+LayerParams = tuple[torch.Tensor | None, torch.Tensor | None] | None
 
 
 @dataclass(frozen=True)
@@ -180,30 +194,41 @@ class ModulatedConv2d(nn.Module):
         state = super().__getstate__()
         return {k: v for k, v in state.items() if k not in ("_fast_cache", "_packed_cache")}
 
-    def modulated_weight(self, s: torch.Tensor) -> torch.Tensor:
-        """Per-sample weights [B, out, in, k, k] for styles s [B, in]."""
+    def modulated_weight(self, s: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-sample weights [B, out, in, k, k] for styles s [B, in] (``weight``: used instead
+        of the layer's own, e.g. a tuned one)."""
         # A weight stored for the fast path (``Generator.prepare_synthesis``: bf16,
         # channels-last) is widened and made contiguous, the layout the grouped convolutions
         # are fastest with.
-        weight = self.scale * self.weight.to(s.dtype).contiguous() * s[:, None, :, None, None]
+        weight = self.weight if weight is None else weight
+        # At least float32: a tuned weight's small change would round away in a 2-byte type.
+        dtype = _accurate(s.dtype)
+        weight = self.scale * weight.to(dtype).contiguous() * s.to(dtype)[:, None, :, None, None]
         if self.demodulate:
             demod = torch.rsqrt(weight.pow(2).sum(dim=(2, 3, 4)) + 1e-8)
             weight = weight * demod[:, :, None, None, None]
         return weight
 
-    def fast_weights(self, s: torch.Tensor, gain: float = 1.0) -> list[torch.Tensor]:
-        """``gain * modulated_weight(s)[0]`` for one sample s [1, in], as channels-last
+    def fast_weights(
+        self, s: torch.Tensor, gain: float = 1.0, weight: torch.Tensor | None = None
+    ) -> list[torch.Tensor]:
+        """``gain * modulated_weight(s, weight)[0]`` for one sample s [1, in], as channels-last
         ``conv2d`` weights [out, in, kh, kw] in the stored weight's dtype: the whole kernel, or
         for an upsampling layer its four polyphase sub-kernels (see ``POLYPHASE_TAPS``)."""
-        kernels, sum_sq = self._fast_kernels()
+        kernels, sum_sq = self._fast_kernels(weight=weight)
         coef, demod = self._fast_scales(s, gain, sum_sq)
         scale = coef[None, :] if demod is None else demod[:, None] * coef[None, :]
         scale = scale[:, :, None, None]  # [out, in, 1, 1]
         # The product is formed in float32 and rounded once to the stored dtype.
-        return [_channels_last((kernel * scale).to(kernel.dtype)) for kernel in kernels]
+        dtype = self.weight.dtype
+        return [_channels_last((kernel * scale).to(dtype)) for kernel in kernels]
 
     def fast_modulation(
-        self, s: torch.Tensor, gain: float, input_shape: torch.Size
+        self,
+        s: torch.Tensor,
+        gain: float,
+        input_shape: torch.Size,
+        weight: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor | None, list[torch.Tensor], torch.Tensor | None]:
         """How one sample s [1, in] is applied to the fast path's input x (``input_shape``
         [1, in, h + 1, w + 1]: h x w pixels and a zero margin), as (input scale [in] or None,
@@ -215,10 +240,15 @@ class ModulatedConv2d(nn.Module):
         layers, which hold three quarters of the weights) the activations are the cheaper
         side, and the unmodulated kernels are used as stored, never modulated: on a CPU they
         are reordered once into oneDNN's own layout for this input (``_prepacked_kernels``).
+        A ``weight`` given instead of the layer's own (a tuned one) is modulated as a whole,
+        never cached.
         """
         pixels = (input_shape[-2] - 1) * (input_shape[-1] - 1)
-        if not self.demodulate or pixels >= self.kernel_size**2 * self.out_channels:
-            return None, self.fast_weights(s, gain), None
+        small = pixels < self.kernel_size**2 * self.out_channels
+        # A tuned weight is always modulated in float32 and rounded once: rounded on its own to
+        # a 2-byte type, its small change from a weight stored in that type would be lost.
+        if not self.demodulate or not small or weight is not None:
+            return None, self.fast_weights(s, gain, weight), None
         _, sum_sq = self._fast_kernels(with_kernels=False)
         coef, demod = self._fast_scales(s, 1.0, sum_sq)
         return coef.to(self.weight.dtype), self._prepacked_kernels(input_shape), demod * gain
@@ -274,12 +304,16 @@ class ModulatedConv2d(nn.Module):
         return (w.data_ptr(), w.device, w.dtype, w._version)
 
     def _fast_kernels(
-        self, with_kernels: bool = True
+        self, with_kernels: bool = True, weight: torch.Tensor | None = None
     ) -> tuple[list[torch.Tensor] | None, torch.Tensor]:
         """(unmodulated kernels, per-tap float32 sum of squares [out, in]); no kernels with
         ``with_kernels=False`` (the layers that use them prepacked). Outside autograd they are
         cached until W changes (its version counter or storage; an in-place edit through
-        ``.data`` bypasses both, as it does autograd's checks)."""
+        ``.data`` bypasses both, as it does autograd's checks). A ``weight`` given instead of
+        the layer's own ([1, out, in, k, k], kept in at least float32) is never cached."""
+        if weight is not None:
+            w = weight[0].to(_accurate(weight.dtype))
+            return _unmodulated_kernels(w, self.upsample), w.pow(2).sum(dim=(2, 3))
         grad = torch.is_grad_enabled()
         key = self._weight_key()
         cached = None if grad else getattr(self, "_fast_cache", None)
@@ -295,9 +329,15 @@ class ModulatedConv2d(nn.Module):
                 object.__setattr__(self, "_fast_cache", cached)
         return cached[1], cached[2]
 
-    def forward(self, x: torch.Tensor, s: torch.Tensor, fir: FirFilter = upfirdn2d) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        s: torch.Tensor,
+        fir: FirFilter = upfirdn2d,
+        weight: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         batch, in_channels, height, width = x.shape
-        weight = self.modulated_weight(s)
+        weight = self.modulated_weight(s, weight)
         k = self.kernel_size
         # Grouped convolution: the batch is folded into channels, one group per sample.
         x = x.reshape(1, batch * in_channels, height, width)
@@ -393,11 +433,18 @@ class StyledConv(nn.Module):
         s: torch.Tensor,
         noise: torch.Tensor | None,
         fir: FirFilter = upfirdn2d,
+        params: LayerParams = None,
     ) -> torch.Tensor:
-        return self.activate(self.noise(self.conv(x, s, fir), noise))
+        weight, bias = params or (None, None)
+        x = self.noise(self.conv(x, s, fir, weight), noise)
+        return self.activate(x) if bias is None else biased_leaky_relu(x, bias)
 
     def forward_fast(
-        self, held: list[torch.Tensor], s: torch.Tensor, noise: torch.Tensor | None
+        self,
+        held: list[torch.Tensor],
+        s: torch.Tensor,
+        noise: torch.Tensor | None,
+        params: LayerParams = None,
     ) -> torch.Tensor:
         """One sample, channels-last, with a zero margin (see ``Generator._synthesize_fast``):
         the input x is [1, C, h + 1, w + 1] and so is the result (2h + 1 by 2w + 1 when
@@ -411,16 +458,17 @@ class StyledConv(nn.Module):
         transposed convolution is computed as four small convolutions, one per output phase,
         the FIR blur is a depthwise convolution, and leaky_relu(g * x) == g * leaky_relu(x)
         (g > 0) moves the gain into the weight, bias and noise strength, so the epilogue is
-        two in-place passes.
+        two in-place passes. ``params``: (weight, bias) used instead of the layer's own.
         """
         conv = self.conv
         gain = ACTIVATION_GAIN
         grad = torch.is_grad_enabled()  # autograd needs the intermediate tensors: no in-place ops
-        in_scale, weights, out_scale = conv.fast_modulation(s, gain, held[0].shape)
+        weight, bias = params or (None, None)
+        in_scale, weights, out_scale = conv.fast_modulation(s, gain, held[0].shape, weight)
         dtype = weights[0].dtype
         if in_scale is not None:
             held.append(held.pop() * in_scale[None, :, None, None])
-        bias = (self.activate.bias * gain).to(dtype)
+        bias = ((self.activate.bias if bias is None else bias) * gain).to(dtype)
         if conv.upsample:
             out = _polyphase_upsample_blur(held, weights, conv.blur.kernel, bias, out_scale)
         elif out_scale is None:
@@ -528,25 +576,38 @@ class ToRGB(nn.Module):
         s: torch.Tensor,
         skip: torch.Tensor | None,
         fir: FirFilter = upfirdn2d,
+        params: LayerParams = None,
     ) -> torch.Tensor:
-        out = self.conv(x, s) + self.bias
+        weight, bias = params or (None, None)
+        out = self.conv(x, s, weight=weight) + (self.bias if bias is None else bias)
         if skip is not None:
             out = out + self.upsample(skip, fir)
         return out
 
     def forward_fast(
-        self, x: torch.Tensor, s: torch.Tensor, skip: torch.Tensor | None
+        self,
+        x: torch.Tensor,
+        s: torch.Tensor,
+        skip: torch.Tensor | None,
+        params: LayerParams = None,
     ) -> torch.Tensor:
         """One sample, channels-last; x has a zero margin (see ``StyledConv.forward_fast``),
         the RGB result and ``skip`` do not."""
         h, w = x.shape[-2] - 1, x.shape[-1] - 1
-        weight = self.conv.fast_weights(s)[0]
-        out = F.conv2d(x, weight, self.bias.view(3).to(weight.dtype))[:, :, :h, :w]
+        weight, bias = params or (None, None)
+        weight = self.conv.fast_weights(s, weight=weight)[0]
+        bias = self.bias if bias is None else bias
+        out = F.conv2d(x, weight, bias.view(3).to(weight.dtype))[:, :, :h, :w]
         # The RGB image is summed over the levels in float32, whatever the activations' dtype.
         out = out.to(_accurate(out.dtype))
         if skip is not None:
             return out + upsample2x_fir(skip, self.upsample.kernel)
         return out.contiguous()
+
+
+def block_bias(block: StyledConv | ToRGB) -> torch.Tensor:
+    """A style block's bias: the activation's (StyledConv) or the RGB offset (ToRGB)."""
+    return block.activate.bias if isinstance(block, StyledConv) else block.bias
 
 
 class _NoiseBuffers(nn.Module):
@@ -628,10 +689,29 @@ class Generator(nn.Module):
 
     def _style_layers(self) -> list[ModulatedConv2d]:
         """The modulated convolutions in execution order (one StyleSpace entry each)."""
-        layers = [self.conv1.conv, self.to_rgb1.conv]
+        return [block.conv for block in self.style_blocks()]
+
+    def style_blocks(self) -> list[StyledConv | ToRGB]:
+        """The layers that own a style, in execution order: block i holds
+        ``_style_layers()[i]`` (``.conv``) and a bias (``block_bias``)."""
+        blocks: list[StyledConv | ToRGB] = [self.conv1, self.to_rgb1]
         for i, to_rgb in enumerate(self.to_rgbs):
-            layers += [self.convs[2 * i].conv, self.convs[2 * i + 1].conv, to_rgb.conv]
-        return layers
+            blocks += [self.convs[2 * i], self.convs[2 * i + 1], to_rgb]
+        return blocks
+
+    def style_block_resolutions(self) -> list[int]:
+        """The output resolution of each style block (``style_blocks`` order)."""
+        sizes = [4, 4]
+        for i in range(len(self.to_rgbs)):
+            sizes += [2 ** (i + 3)] * 3
+        return sizes
+
+    def _params(self, tuning: SynthesisTuning | None, index: int) -> LayerParams:
+        """Style block ``index``'s (weight, bias) under ``tuning`` (None: its own)."""
+        if tuning is None:
+            return None
+        block = self.style_blocks()[index]
+        return tuning.weight(index, block.conv.weight), tuning.bias(index, block_bias(block))
 
     def _style_wplus_index(self) -> list[int]:
         """Which W+ row feeds each StyleSpace layer (to_rgb shares the next conv's row)."""
@@ -725,13 +805,15 @@ class Generator(nn.Module):
         max_resolution: int | None = None,
         generator: torch.Generator | None = None,
         impl: Impl | None = None,
+        tuning: SynthesisTuning | None = None,
     ) -> torch.Tensor:
         """Render from StyleSpace. Returns [B, 3, R, R] with R = ``max_resolution`` or size.
 
         The skip architecture has an RGB image at every level, so stopping early gives a
         lower-resolution preview of the same image for a fraction of the cost.
         ``impl`` picks the computation (see ``Impl``: "reference", "batched" or "fast"); None
-        picks by device (``auto_impl``).
+        picks by device (``auto_impl``). ``tuning``: weights changed for this render only (one
+        face's pivotal tuning); the module itself is never changed.
         """
         if len(styles) != len(self.style_dims):
             raise ValueError(f"expected {len(self.style_dims)} style tensors, got {len(styles)}")
@@ -745,24 +827,29 @@ class Generator(nn.Module):
         batch = styles[0].shape[0]
         noises = self._noises(batch, target, noise_mode, generator)
         if impl == "fast":
-            return self._synthesize_fast(styles, noises, target)
+            return self._synthesize_fast(styles, noises, target, tuning)
         if impl not in IMPLS:
             raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
         fir = upfirdn2d_folded if impl == "reference" else upfirdn2d
+        p = functools.partial(self._params, tuning)
         x = self.input(batch)
-        x = self.conv1(x, styles[0], noises[0], fir)
-        skip = self.to_rgb1(x, styles[1], None, fir)
+        x = self.conv1(x, styles[0], noises[0], fir, p(0))
+        skip = self.to_rgb1(x, styles[1], None, fir, p(1))
         for i, to_rgb in enumerate(self.to_rgbs):
             if 2 ** (i + 3) > target:
                 break
             k = 2 + 3 * i
-            x = self.convs[2 * i](x, styles[k], noises[2 * i + 1], fir)
-            x = self.convs[2 * i + 1](x, styles[k + 1], noises[2 * i + 2], fir)
-            skip = to_rgb(x, styles[k + 2], skip, fir)
+            x = self.convs[2 * i](x, styles[k], noises[2 * i + 1], fir, p(k))
+            x = self.convs[2 * i + 1](x, styles[k + 1], noises[2 * i + 2], fir, p(k + 1))
+            skip = to_rgb(x, styles[k + 2], skip, fir, p(k + 2))
         return skip
 
     def _synthesize_fast(
-        self, styles: Sequence[torch.Tensor], noises: list[torch.Tensor | None], target: int
+        self,
+        styles: Sequence[torch.Tensor],
+        noises: list[torch.Tensor | None],
+        target: int,
+        tuning: SynthesisTuning | None = None,
     ) -> torch.Tensor:
         """Same maths as the reference path, arranged for CPU speed (see
         ``StyledConv.forward_fast``); matches the reference within float rounding (tested).
@@ -772,7 +859,8 @@ class Generator(nn.Module):
         zero padding they need, so an n x n activation never has to be cropped and copied.
         They are in the dtype the convolution weights are stored in (``prepare_synthesis``);
         demodulation, noise strengths and the RGB sum stay float32. A last level of 512 px
-        or more is computed in bands (``_level_fast_banded``).
+        or more is computed in bands (``_level_fast_banded``). A tuned layer's weight is
+        formed when the layer runs and freed after it.
         """
         # The output is allocated before any activation: a long-lived block made between two
         # samples would split the memory the next sample's activations reuse.
@@ -784,15 +872,15 @@ class Generator(nn.Module):
             sb = [st[b : b + 1] for st in styles]
             nb = [None if n is None else n[b : b + 1] if n.shape[0] > 1 else n for n in noises]
             x = _channels_last(F.pad(self.input(1), (0, 1, 0, 1)).to(dtype))
-            x = self.conv1.forward_fast([x], sb[0], nb[0])
-            skip = self.to_rgb1.forward_fast(x, sb[1], None)
+            x = self.conv1.forward_fast([x], sb[0], nb[0], self._params(tuning, 0))
+            skip = self.to_rgb1.forward_fast(x, sb[1], None, self._params(tuning, 1))
             for i in levels:
                 held, x = [x], None  # handed over: the level frees it once it is read
                 pair = nb[2 * i + 1 : 2 * i + 3]
                 if i == levels[-1] and 2 ** (i + 3) >= BANDED_FROM:
-                    self._level_fast_banded(i, held, sb, pair, skip, images[b])
+                    self._level_fast_banded(i, held, sb, pair, skip, images[b], tuning)
                     break
-                x, skip = self._level_fast(i, held, sb, pair, skip)
+                x, skip = self._level_fast(i, held, sb, pair, skip, tuning)
             else:
                 images[b] = skip[0]
         return images
@@ -804,14 +892,16 @@ class Generator(nn.Module):
         sb: Sequence[torch.Tensor],
         noises: Sequence[torch.Tensor | None],
         skip: torch.Tensor,
+        tuning: SynthesisTuning | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Level i of the fast path (2 ** (i + 3) px): the upsampling convolution, the
         convolution and the RGB layer. ``held`` = [x], emptied; returns (x, RGB image)."""
         k = 2 + 3 * i
+        p = functools.partial(self._params, tuning)
         # The upsampled activation is handed over in turn, so it is freed once it is read.
-        held = [self.convs[2 * i].forward_fast(held, sb[k], noises[0])]
-        x = self.convs[2 * i + 1].forward_fast(held, sb[k + 1], noises[1])
-        return x, self.to_rgbs[i].forward_fast(x, sb[k + 2], skip)
+        held = [self.convs[2 * i].forward_fast(held, sb[k], noises[0], p(k))]
+        x = self.convs[2 * i + 1].forward_fast(held, sb[k + 1], noises[1], p(k + 1))
+        return x, self.to_rgbs[i].forward_fast(x, sb[k + 2], skip, p(k + 2))
 
     def _level_fast_banded(
         self,
@@ -821,6 +911,7 @@ class Generator(nn.Module):
         noises: Sequence[torch.Tensor | None],
         skip: torch.Tensor,
         out: torch.Tensor,
+        tuning: SynthesisTuning | None = None,
     ) -> None:
         """The last level, as ``_level_fast``, computed in horizontal bands and written into
         ``out`` [3, 2n, 2n]: its activations are never whole (at 1024 px one is 135 MB in
@@ -848,7 +939,7 @@ class Generator(nn.Module):
             # and real data (affecting only the dropped rows) elsewhere.
             band = [x[:, :, start : end + 1]]
             band_noises = [None if t is None else t[:, :, 2 * start : 2 * end] for t in noises]
-            _, rgb = self._level_fast(i, band, sb, band_noises, skip[:, :, start:end])
+            _, rgb = self._level_fast(i, band, sb, band_noises, skip[:, :, start:end], tuning)
             out[:, 2 * a : 2 * b] = rgb[0, :, 2 * (a - start) : 2 * (b - start)]
 
     def forward(
@@ -858,10 +949,11 @@ class Generator(nn.Module):
         max_resolution: int | None = None,
         generator: torch.Generator | None = None,
         impl: Impl | None = None,
+        tuning: SynthesisTuning | None = None,
     ) -> torch.Tensor:
         """Render from W [B, D] or W+ [B, n_latent, D]."""
         return self.synthesize(
-            self.styles_from_wplus(wplus), noise_mode, max_resolution, generator, impl
+            self.styles_from_wplus(wplus), noise_mode, max_resolution, generator, impl, tuning
         )
 
     def render_z(

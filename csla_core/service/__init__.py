@@ -1,7 +1,11 @@
 """The editing service the app and the API call: one request's input cleaning (``request``),
-the per-session cache (``cache``), pictures for the front end (``media``) and
-``EditingService`` (``session``). No UI code here."""
+the per-session cache (``cache``), pictures for the front end (``media``), background work that
+steps aside for requests (``background``, ``preparation``) and ``EditingService``
+(``session``). No UI code here."""
 
+from ..editing.strength import AUTO as AUTO_STRENGTH
+from ..errors import InvalidSettingError
+from .background import Job, RefinementWorker, RequestGate
 from .cache import (
     INVERSIONS_PER_SESSION,
     SESSION_TTL_S,
@@ -19,18 +23,26 @@ from .media import (
     sweep_strengths,
     write_gif,
 )
-from .preparation import MapperPreparation, PreparationStatus
+from .preparation import MapperPreparation, PreparationStatus, SliceReport
 from .request import (
     MAX_PROMPT_CHARS,
     NO_PHOTO_MESSAGE,
-    InvalidSettingError,
+    EditRequest,
     NoPhotoError,
     clamp_int,
+    clean_detail,
     clean_prompt,
     free_cached_memory,
     is_out_of_memory,
 )
-from .session import AUTO_STRENGTH, MISSING_PIPELINE_MESSAGE, EditingService, EditStep
+from .session import (
+    MISSING_PIPELINE_MESSAGE,
+    Analysis,
+    EditingService,
+    EditStep,
+    RefineUpdate,
+)
+from .storage import MapperStorage, mapper_storage
 
 __all__ = [
     "AUTO_STRENGTH",
@@ -40,17 +52,27 @@ __all__ = [
     "NO_PHOTO_MESSAGE",
     "SESSION_TTL_S",
     "SWEEP_DIR_MAX_AGE_S",
+    "Analysis",
     "CachedInversion",
+    "EditRequest",
     "EditStep",
     "EditingService",
     "InvalidSettingError",
+    "Job",
     "MapperPreparation",
     "PreparationStatus",
     "NoPhotoError",
+    "MapperStorage",
+    "RefineUpdate",
+    "SliceReport",
+    "mapper_storage",
+    "RefinementWorker",
+    "RequestGate",
     "SessionCache",
     "annotate_faces",
     "caption",
     "clamp_int",
+    "clean_detail",
     "clean_prompt",
     "compare_pair",
     "content_hash",

@@ -13,6 +13,7 @@ from typing import Any
 import PIL.Image
 import torch
 
+from ..imaging import tensor_to_pil
 from ..weights import sha256_of
 
 INVERSIONS_PER_SESSION = 3  # cached (photo, face) inversions per browser tab / API client
@@ -22,11 +23,29 @@ CacheKey = tuple[str, int]  # (photo content hash, face index)
 
 @dataclass
 class CachedInversion:
-    inversion: Any  # csla_core.pipeline.Inversion (CPU tensors, PIL images)
-    reconstruction: PIL.Image.Image | None = None
+    inversion: Any  # csla_core.pipeline.Inversion (CPU tensors, PIL images; its refinement)
+    # The face's own render by size (float16, CPU; with its refinement): what the UI shows and
+    # what "keep detail" measures an edit's change against.
+    reconstructions: dict[int, torch.Tensor] = field(default_factory=dict)
     embedding: torch.Tensor | None = None  # CLIP embedding of the face's render (edit anchor)
     # Without mappers: each prompt's optimised edit of this face, so the slider only rescales it.
     optimised: OrderedDict[tuple, Any] = field(default_factory=OrderedDict)
+    refine_job: Any = None  # a refinement of this face in progress (service.background.Job)
+
+    @property
+    def reconstruction(self) -> PIL.Image.Image | None:
+        """The largest reconstruction rendered so far, as a picture."""
+        if not self.reconstructions:
+            return None
+        return tensor_to_pil(self.reconstructions[max(self.reconstructions)].float())[0]
+
+    def use_refinement(self, refinement: Any) -> None:
+        """From now on this face renders with ``refinement``: what was derived from its
+        renders is dropped (made again on first use)."""
+        self.inversion.refinement = refinement
+        self.reconstructions.clear()
+        self.embedding = None
+        self.optimised.clear()
 
 
 @dataclass

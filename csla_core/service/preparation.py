@@ -11,8 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -23,6 +22,8 @@ from ..training.calibrate import (
     CalibrationResult,
     calibrate_pipeline,
 )
+from .background import RequestGate
+from .storage import MapperStorage, mapper_storage
 
 logger = logging.getLogger(__name__)
 
@@ -36,10 +37,24 @@ class PreparationStatus:
     message: str  # what the page shows
 
 
+@dataclass(frozen=True)
+class SliceReport:
+    """What one calibration slice did, as plain values: on ZeroGPU the slice runs in a forked
+    worker, whose changes to the pipeline never reach the app's process, so ``apply`` makes
+    them there (the mappers are read back from ``path``)."""
+
+    state: str  # "running", "done" or "failed"
+    done: int
+    path: str | None = None
+    error: str = ""
+
+
 class MapperPreparation:
-    """Calibrates mappers for ``pipe`` in a daemon thread (``start``); ``serving()`` marks a
-    request in progress. ``on_done(pipe, result)`` runs in the thread once the mappers are in
-    use (the app logs the real-model self-check there)."""
+    """Calibrates mappers for ``pipe`` in a daemon thread (``start``), waiting between chunks
+    while ``gate`` is busy (``serving()`` marks a request in progress), or in slices
+    (``apply(run_slice(seconds))``, ZeroGPU). Once the mappers are in use, ``storage`` keeps
+    them for the next start and ``on_done(pipe, result)`` runs (the app logs the real-model
+    self-check there)."""
 
     def __init__(
         self,
@@ -47,14 +62,16 @@ class MapperPreparation:
         config: CalibrationConfig | None = None,
         *,
         output_dir: str | Path | None = None,
-        on_done: Callable[[CSLAPipeline, CalibrationResult], None] | None = None,
+        on_done: Callable[[CSLAPipeline, CalibrationResult | None], None] | None = None,
+        gate: RequestGate | None = None,
+        storage: MapperStorage | None = None,
     ) -> None:
         # Small chunks: a request waits at most for the chunk being rendered (a few seconds).
         self.config = config or CalibrationConfig(chunk=4)
         self.pipe, self.output_dir, self.on_done = pipe, output_dir, on_done
-        self._serving = 0
-        self._idle = threading.Condition()
-        self._state, self._error = "running", ""
+        self.gate = gate or RequestGate()
+        self.storage = storage or mapper_storage()
+        self._state, self._error, self._kept = "running", "", ""
         self._done, self._started = 0, time.monotonic()
         self._first_done: tuple[int, float] | None = None  # (samples, time) at the first chunk
         self.result: CalibrationResult | None = None
@@ -64,42 +81,54 @@ class MapperPreparation:
         self.thread.start()
         return self
 
-    @contextmanager
-    def serving(self) -> Iterator[None]:
-        with self._idle:
-            self._serving += 1
-        try:
-            yield
-        finally:
-            with self._idle:
-                self._serving -= 1
-                self._idle.notify_all()
-
-    def _wait_for_idle(self) -> None:
-        with self._idle:
-            self._idle.wait_for(lambda: self._serving == 0)
+    def serving(self):
+        """A request in progress (the gate's ``serving()``)."""
+        return self.gate.serving()
 
     def _progress(self, done: int, total: int) -> None:
         self._done = done
         if self._first_done is None:  # samples read back from a saved bank cost nothing
             self._first_done = (done, time.monotonic())
 
-    def run_slice(self, seconds: float) -> bool:
+    def run_slice(self, seconds: float) -> SliceReport:
         """Calibrate for about ``seconds`` in the caller's thread (a ZeroGPU slot), then stop;
-        True once the mappers are in use. The next slice resumes the saved bank."""
+        the next slice resumes the saved bank. Give the report to ``apply`` in the app's
+        process."""
         if self._state != "running":
-            return self._state == "done"
+            return SliceReport(self._state, self._done, None, self._error)
         config = replace(self.config, minutes=seconds / 60, fit_partial=False)
         try:
-            self._calibrate(config, between_chunks=None)
+            result = self._calibrate(config, between_chunks=None)
         except CalibrationPaused:
-            return False
+            return SliceReport("running", self._done)
+        if result is None:
+            return SliceReport("failed", self._done, None, self._error)
+        return SliceReport("done", self._done, str(result.path))
+
+    def apply(self, report: SliceReport) -> bool:
+        """A slice's outcome in this process: progress, and once done the mappers in use (read
+        from the slice's file when the slice ran elsewhere) and kept. True once done."""
+        if self._state != "running":
+            return self._state == "done"
+        self._progress(report.done, self.config.n_samples)
+        if report.state == "failed":
+            self._state, self._error = "failed", report.error
+        elif report.state == "done" and report.path:
+            if self.pipe.mappers is None:
+                from ..loading import load_mappers_for
+
+                mappers = load_mappers_for(self.pipe, Path(report.path), self.pipe.device)
+                self.pipe.use_mappers(mappers, report.path)
+            self._finish(Path(report.path))
         return self._state == "done"
 
     def _run(self) -> None:
-        self._calibrate(self.config, between_chunks=self._wait_for_idle)
+        result = self._calibrate(self.config, between_chunks=self.gate.wait_for_idle)
+        if result is not None:
+            self._finish(result.path)
 
-    def _calibrate(self, config: CalibrationConfig, between_chunks) -> None:
+    def _calibrate(self, config: CalibrationConfig, between_chunks) -> CalibrationResult | None:
+        """The mappers made and in use in this process, or None (failed; said on the page)."""
         try:
             self.result = calibrate_pipeline(
                 self.pipe,
@@ -109,21 +138,29 @@ class MapperPreparation:
                 between_chunks=between_chunks,
                 show_bar=False,
             )
-            logger.info(
-                "CSLA mappers ready (%d samples, %.0f s): %s",
-                self.result.n_samples,
-                sum(self.result.seconds.values()),
-                self.result.path,
-            )
-            # Edits already use the mappers; "done" is said once this thread's work is over.
-            if self.on_done is not None:
-                self.on_done(self.pipe, self.result)
-            self._state = "done"
         except CalibrationPaused:
             raise
         except Exception as exc:  # reported on the page; the fallback keeps working
             self._state, self._error = "failed", f"{type(exc).__name__}: {exc}"
             logger.exception("calibration failed")
+            return None
+        logger.info(
+            "CSLA mappers ready (%d samples, %.0f s): %s",
+            self.result.n_samples,
+            sum(self.result.seconds.values()),
+            self.result.path,
+        )
+        return self.result
+
+    def _finish(self, path: Path) -> None:
+        """Mappers in use: keep them for the next start, then "done" (edits already use them)."""
+        self._kept = self.storage.keep(path, self.pipe.fingerprints)
+        if self.on_done is not None:
+            try:
+                self.on_done(self.pipe, self.result)
+            except Exception:  # a diagnostic: never worth failing the preparation for
+                logger.exception("after calibration")
+        self._state = "done"
 
     @property
     def status(self) -> PreparationStatus:
@@ -134,6 +171,7 @@ class MapperPreparation:
             eta = (total - self._done) / rate if rate > 0 else None
         if self._state == "done":
             message = "CSLA mappers for these models are ready: edits use them."
+            message += f" {self._kept}" if self._kept else ""
         elif self._state == "failed":
             message = (
                 f"Preparing CSLA failed ({self._error}); edits keep using the optimisation "
@@ -146,4 +184,6 @@ class MapperPreparation:
                 f"samples{left}. Meanwhile edits use the optimisation fallback (slower, one "
                 "result); the next edit after this finishes is a CSLA edit."
             )
+            keeping = self.storage.message
+            message += f" {keeping}" if keeping else ""
         return PreparationStatus(self._state, self._done, total, eta, message)

@@ -1,16 +1,19 @@
-"""One request's input, cleaned: prompts, numbers, and the errors a request may raise (what
-a user can act on, and running out of memory)."""
+"""One request's input, cleaned: ``EditRequest`` (an edit or a sweep as a front end asks for
+it, every field checked), prompts, numbers, and the errors a request may raise (what a user can
+act on, and running out of memory)."""
 
 from __future__ import annotations
 
-import math
 import unicodedata
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from ..errors import CSLAError, InputImageError, PromptError
+from ..editing.detail import DETAILS, Detail
+from ..editing.strength import AUTO, is_auto
+from ..errors import InputImageError, InvalidSettingError, PromptError, finite
 
 # CLIP reads 77 tokens (a few hundred characters); longer prompts are cut to this many characters
 # first, because CLIP's BPE tokenizer takes time growing faster than linearly with a word's length
@@ -23,10 +26,6 @@ Warn = Callable[[str], Any]  # tells the user something without stopping (gr.War
 
 class NoPhotoError(InputImageError):
     """An edit or sweep was asked for before any photo was given."""
-
-
-class InvalidSettingError(CSLAError):
-    """A numeric setting (strength, spread) is not a finite number (API callers)."""
 
 
 # How allocators word it: CUDA "out of memory"; torch's CPU allocator "DefaultCPUAllocator: can't
@@ -87,19 +86,6 @@ def optional_prompt(text: str | None, warn: Warn | None = None) -> str | None:
         return None
 
 
-def finite(value: Any, what: str, default: float) -> float:
-    """``value`` as a finite float (``default`` when None); InvalidSettingError otherwise."""
-    if value is None:
-        return float(default)
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        number = math.nan
-    if not math.isfinite(number):
-        raise InvalidSettingError(f"The {what} must be a finite number, got {value!r}.")
-    return number
-
-
 def clamp_int(value: Any, low: int, high: int, default: int) -> int:
     """``value`` as an int within [low, high]; ``default`` when it is no number (API callers)."""
     try:
@@ -107,3 +93,73 @@ def clamp_int(value: Any, low: int, high: int, default: int) -> int:
     except (TypeError, ValueError):
         return default
     return max(low, min(high, number))
+
+
+def clean_detail(value: Any) -> Detail:
+    """``detail`` as given by a front end: "keep" (default, also for None) or "none"."""
+    if value is None:
+        return "keep"
+    text = str(value).strip().lower()
+    if text not in DETAILS:
+        raise InvalidSettingError(
+            f"The detail setting must be one of {', '.join(DETAILS)}, got {value!r}."
+        )
+    return text  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class EditRequest:
+    """One edit (or strength sweep) of a photo's face, as every front end asks for it, cleaned:
+    make it with ``EditRequest.clean``. ``strength``: a finite number or "auto" (for a sweep,
+    the largest strength); ``paste``: results pasted back into the photo (else the aligned
+    crop); ``detail``: "keep" the photo's own pixels where the edit does not act, or "none"."""
+
+    photo: str
+    prompt: str
+    face_index: int = 0
+    source_prompt: str | None = None
+    strength: float | str = 1.0
+    samples: int = 4
+    diversity: float = 0.5
+    seed: int = 0
+    paste: bool = True
+    detail: Detail = "keep"
+
+    @property
+    def auto(self) -> bool:
+        return self.strength == AUTO
+
+    @classmethod
+    def clean(
+        cls,
+        photo: Any,
+        prompt: Any,
+        *,
+        face_index: Any = 0,
+        source_prompt: Any = None,
+        strength: Any = 1.0,
+        samples: Any = 4,
+        diversity: Any = 0.5,
+        seed: Any = 0,
+        paste: Any = True,
+        detail: Any = "keep",
+        warn: Warn | None = None,
+    ) -> EditRequest:
+        """Every field checked and brought into range: a readable PromptError,
+        NoPhotoError or InvalidSettingError otherwise. Counts are clamped (samples 1-8)."""
+        prompt = clean_prompt(prompt, warn=warn)
+        source_prompt = optional_prompt(source_prompt, warn)
+        if not photo:
+            raise NoPhotoError(NO_PHOTO_MESSAGE)
+        return cls(
+            photo=str(photo),
+            prompt=prompt,
+            face_index=clamp_int(face_index, -(2**31), 2**31 - 1, 0),
+            source_prompt=source_prompt,
+            strength=AUTO if is_auto(strength) else finite(strength, "strength", 1.0),
+            samples=clamp_int(samples, 1, 8, 4),
+            diversity=finite(diversity, "spread (diversity)", 0.5),
+            seed=clamp_int(seed, 0, 2**31 - 1, 0),
+            paste=bool(paste),
+            detail=clean_detail(detail),
+        )

@@ -7,13 +7,17 @@ pipeline and, per browser tab / API client, one :class:`SessionCache` that it pa
     cache = session_cache(None)                        # a new session
     for step in service.analysis_steps(cache, "photo.jpg", 0):
         ...                                            # crop + reconstruction (preview, then full)
-    for step in service.edit_steps(cache, "photo.jpg", 0, "smiling", None, 1.0, 4, 0.5, 0, True):
+    request = EditRequest.clean("photo.jpg", "smiling", strength=1.0, samples=4)
+    for step in service.edit_steps(cache, request):
         ...                                            # EditStep: gallery items, before/after, status
-    gif = service.sweep(cache, "photo.jpg", 0, "smiling", None, 1.5, 5, 0.5, 0, True)
+    for update in service.refine_steps(cache, "photo.jpg", 0):
+        ...                                            # RefineUpdate: progress, then the result
+    gif = service.sweep(cache, EditRequest.clean("photo.jpg", "smiling", strength=1.5), 5)
 
 The steps are: invert (detect + align + e4e, cached per session by photo content and face index)
--> edit (CSLA mappers, or the optimisation baseline) -> render (a preview, then full size) ->
-paste back into the photo. Problems a user can act on are raised as ``csla_core.errors``
+-> (refine: tune the generator to the face, kept with it) -> edit (CSLA mappers, or the
+optimisation baseline) -> render (a preview, then full size) -> keep the photo's detail where
+the edit does not act -> paste back into the photo. Problems a user can act on are raised as ``csla_core.errors``
 exceptions with readable messages; turning them into UI messages is the front end's job, so
 nothing here imports gradio. Progress and notices go through plain callbacks (``progress(value,
 desc=...)`` with gr.Progress' signature, ``warn(text)``).
@@ -34,30 +38,24 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import PIL.Image
 import torch
 
+from ..editing.likeness import RefineConfig, Refinement, RefineStep
 from ..editing.result import BASELINE_METHOD
-from ..editing.strength import AUTO as AUTO_STRENGTH
-from ..editing.strength import is_auto
-from ..errors import InputImageError, WeightsError
+from ..errors import InputImageError, InvalidSettingError, WeightsError
 from ..imaging import tensor_to_pil
+from .background import Job, RefinementWorker, RequestGate
 from .cache import CachedInversion, CacheKey, SessionCache, content_hash
 from .media import annotate_faces, caption, face_choices, sweep_strengths, write_gif
-from .request import (
-    NO_PHOTO_MESSAGE,
-    NoPhotoError,
-    Warn,
-    clamp_int,
-    clean_prompt,
-    finite,
-    optional_prompt,
-)
+from .request import NO_PHOTO_MESSAGE, EditRequest, NoPhotoError, Warn, clamp_int, clean_prompt
 
 if TYPE_CHECKING:  # faces pulls in facenet-pytorch; only its types are needed here
     from ..editing.result import EditResult
+    from ..models.stylegan2 import SynthesisTuning
     from ..pipeline import CSLAPipeline, Inversion
     from .preparation import MapperPreparation
 
 PREVIEW_RESOLUTION = 256  # a quick first render before the full-size one (when larger)
 OPTIMISED_PER_FACE = 4  # fallback optimisations kept per cached face (one per prompt)
+REFINE_POLL_S = 0.5  # how often a refinement's progress is read for the page
 MISSING_PIPELINE_MESSAGE = (
     "The model weights are missing (details at the top of the page). Run "
     "“python -m csla_core download”, then restart the app; or start it with "
@@ -110,6 +108,16 @@ class EditStep(NamedTuple):
         return float(self.result.strength)
 
 
+class RefineUpdate(NamedTuple):
+    """A refinement's progress (``fraction`` 0..1, ``status`` for the page); the last one
+    carries the refined reconstruction and the ``Refinement``."""
+
+    status: str
+    fraction: float
+    reconstruction: PIL.Image.Image | None = None
+    refinement: Refinement | None = None
+
+
 @dataclass
 class Analysis:
     """A photo's chosen face as the UI shows it after inversion."""
@@ -120,6 +128,7 @@ class Analysis:
     annotated: PIL.Image.Image | None  # the photo with numbered face boxes (several faces only)
     crop: PIL.Image.Image  # the FFHQ-aligned crop
     reconstruction: PIL.Image.Image  # the inverted face rendered (preview size, then full size)
+    likeness: str  # how close the reconstruction is to the crop, and whether it is refined
 
 
 class EditingService:
@@ -131,10 +140,12 @@ class EditingService:
     explain what to download. ``wrap_model_call(name, fn)`` wraps each model call (names in
     ``MODEL_CALLS``), e.g. to give it a ZeroGPU slot; pasting runs on the CPU and is not wrapped.
     ``preparation``: a first-run calibration running in the background, which yields to every
-    model call.
+    model call. ``background_refinement``: refinements run in a background worker that yields
+    to every model call too (else each runs within its request, as one model call: ZeroGPU).
+    ``refine_seconds``: the refinement's time budget (None: ``RefineConfig.for_device``'s).
     """
 
-    MODEL_CALLS = ("invert", "reconstruct", "embed", "edit", "render_edit", "generate")
+    MODEL_CALLS = ("invert", "reconstruct", "embed", "edit", "render_edit", "generate", "refine")
 
     def __init__(
         self,
@@ -144,6 +155,9 @@ class EditingService:
         sweep_dir: str | os.PathLike | None = None,
         wrap_model_call: ModelCallWrapper | None = None,
         preparation: MapperPreparation | None = None,
+        background_refinement: bool = True,
+        refine_seconds: float | None = None,
+        allow_download: bool = False,
     ):
         if isinstance(pipe_or_error, BaseException):
             self.pipe: CSLAPipeline | None = None
@@ -167,15 +181,17 @@ class EditingService:
         if sweep_dir is None:  # our own folder: removed with the service, or at exit at the latest
             weakref.finalize(self, shutil.rmtree, str(self.sweep_folder), ignore_errors=True)
         self.preparation = preparation
+        self.gate = preparation.gate if preparation is not None else RequestGate()
+        self.worker = RefinementWorker(self.gate) if background_refinement else None
+        self.refine_seconds = refine_seconds
+        self.allow_download = allow_download
         outer = wrap_model_call or (lambda _name, fn: fn)
 
         def wrap(name: str, fn: Callable) -> Callable:
             wrapped = outer(name, fn)
-            if preparation is None:
-                return wrapped
 
             def call(*args: Any, **kwargs: Any) -> Any:
-                with preparation.serving():  # a background calibration waits meanwhile
+                with self.gate.serving():  # background work waits meanwhile
                     return wrapped(*args, **kwargs)
 
             return call
@@ -186,6 +202,7 @@ class EditingService:
         self.edit = wrap("edit", self._edit)
         self.render_edit = wrap("render_edit", self._render_edit)
         self.generate = wrap("generate", self._generate)
+        self.refine = wrap("refine", self._refine)
 
     # -- state
     @property
@@ -210,53 +227,110 @@ class EditingService:
     def max_res(self, resolution: int) -> int | None:
         return None if resolution >= self.size else resolution
 
+    def refine_config(self) -> RefineConfig:
+        pipe = self.require()
+        seconds = {} if self.refine_seconds is None else {"seconds": self.refine_seconds}
+        return RefineConfig.for_device(pipe.device, **seconds)
+
     # -- model calls (each one wrapped by wrap_model_call)
     def _invert(self, photo: str, face_index: int) -> Inversion:
         return self.require().invert(photo, face_index=face_index)
 
     def _reconstruct(
-        self, wplus: torch.Tensor, resolution: int
-    ) -> tuple[PIL.Image.Image, torch.Tensor | None]:
-        """A face's code rendered, and, at the size edits embed it, its CLIP embedding from the
-        same render: the first edit then needs no render of its own."""
+        self,
+        wplus: torch.Tensor,
+        resolution: int,
+        tuning: SynthesisTuning | None = None,
+        embed: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """A face's code rendered [1, 3, R, R] (CPU), and (``embed``), at the size edits embed
+        it, its CLIP embedding from the same render: the first edit then needs no render of its
+        own."""
         pipe = self.require()
-        render = pipe.render(wplus[:1], max_resolution=self.max_res(resolution))
+        render = pipe.render(wplus[:1], max_resolution=self.max_res(resolution), tuning=tuning)
         embedding = None
-        if resolution == pipe.embedding_resolution and pipe.clip is not None:
+        if embed and resolution == pipe.embedding_resolution and pipe.clip is not None:
             embedding = pipe.image_embedding(wplus, render=render)
-        return tensor_to_pil(render.cpu())[0], embedding
+        return render.cpu(), embedding
 
-    def _embed(self, wplus: torch.Tensor) -> torch.Tensor:
-        return self.require().image_embedding(wplus)  # a CPU tensor
+    def _embed(self, wplus: torch.Tensor, tuning: SynthesisTuning | None = None) -> torch.Tensor:
+        return self.require().image_embedding(wplus, tuning=tuning)  # a CPU tensor
 
     def _edit(self, wplus: torch.Tensor, prompt: str, **kwargs: Any) -> EditResult:
         return self.require().edit(wplus, prompt, **kwargs)
 
-    def _render_edit(self, edit: EditResult, resolution: int) -> list[PIL.Image.Image]:
+    def _render_edit(
+        self, edit: EditResult, resolution: int, tuning: SynthesisTuning | None = None
+    ) -> torch.Tensor:
         pipe = self.require()
-        return tensor_to_pil(pipe.render_edit(edit, max_resolution=self.max_res(resolution)).cpu())
+        return pipe.render_edit(edit, max_resolution=self.max_res(resolution), tuning=tuning).cpu()
 
     def _generate(self, prompt: str, n: int, seed: int) -> EditResult:
         return self.require().generate(prompt, n=n, seed=seed)
 
+    def _refine(
+        self, wplus: torch.Tensor, crop: torch.Tensor, config: RefineConfig, **hooks: Any
+    ) -> Refinement:
+        """The tuning of one face, returned (a ZeroGPU call hands it back as its result)."""
+        return self.require().tune(wplus, crop, config, allow_download=self.allow_download, **hooks)
+
     # -- CPU steps
-    def edit_cached(self, entry: CachedInversion, prompt: str, **kwargs: Any) -> EditResult:
+    def edit_cached(
+        self, entry: CachedInversion, request: EditRequest, **kwargs: Any
+    ) -> EditResult:
         """An edit of a cached face; its CLIP anchor is computed once and kept in the entry."""
+        tuning = entry.inversion.tuning
+        embedding_size = self.require().embedding_resolution
+        if entry.embedding is None and embedding_size in self.resolutions:
+            self.reconstruction(entry, embedding_size)  # its render gives the embedding too
         if entry.embedding is None:
-            entry.embedding = self.embed(entry.inversion.wplus)
+            entry.embedding = self.embed(entry.inversion.wplus, tuning)
+        options = dict(
+            source_prompt=request.source_prompt,
+            strength=request.strength,
+            n_samples=request.samples,
+            diversity=request.diversity,
+            seed=request.seed,
+        )
         result = self.edit(
             entry.inversion.wplus,
-            prompt,
+            request.prompt,
             image_embedding=entry.embedding,
             optimised=entry.optimised,
-            **kwargs,
+            tuning=tuning,
+            **{**options, **kwargs},
         )
         while len(entry.optimised) > OPTIMISED_PER_FACE:
             entry.optimised.popitem(last=False)
         return result
 
-    def paste(self, inversion: Inversion, image: PIL.Image.Image) -> PIL.Image.Image:
-        return self.require().paste(inversion, image)
+    def reconstruction(self, entry: CachedInversion, resolution: int) -> torch.Tensor:
+        """The face's own render at ``resolution`` (with its refinement), rendered once and
+        kept in the entry (float16: 0.06 grey levels at most from the render)."""
+        cached = entry.reconstructions.get(resolution)
+        if cached is None:
+            render, embedding = self.reconstruct(
+                entry.inversion.wplus,
+                resolution,
+                entry.inversion.tuning,
+                entry.embedding is None,
+            )
+            if embedding is not None and entry.embedding is None:
+                entry.embedding = embedding
+            cached = entry.reconstructions[resolution] = render.to(torch.float16)
+        return cached.float()
+
+    def deliver(
+        self, entry: CachedInversion, renders: torch.Tensor, request: EditRequest
+    ) -> list[PIL.Image.Image]:
+        """Renders as the request shows them (``CSLAPipeline.deliver``: pasted or as crops,
+        with the photo's detail kept or not)."""
+        resolution = renders.shape[-1]
+        keep = request.detail == "keep"
+        reconstruction = self.reconstruction(entry, resolution) if keep else None
+        return self.require().deliver(
+            entry.inversion, renders, reconstruction, detail=request.detail, paste=request.paste
+        )
 
     def has_inversion(self, cache: SessionCache, photo: str | None, face_index: int | None) -> bool:
         """Whether this session already holds the face's inversion (checked without any model
@@ -267,6 +341,13 @@ class EditingService:
             return self._cache_key(photo, face_index) in cache.items
         except (OSError, TypeError, ValueError):
             return False
+
+    def is_refined(self, cache: SessionCache, photo: str | None, face_index: int | None) -> bool:
+        """Whether this session's copy of the face is refined already."""
+        if not self.has_inversion(cache, photo, face_index):
+            return False
+        entry = cache.items[self._cache_key(photo, face_index)]
+        return entry.inversion.refinement is not None
 
     @staticmethod
     def _cache_key(photo: str, face_index: Any) -> CacheKey:
@@ -299,14 +380,6 @@ class EditingService:
             cache.put(key, entry)
         return entry, key
 
-    def _compose(
-        self, entry: CachedInversion, images: list[PIL.Image.Image], paste: bool, progress: Progress
-    ) -> list[PIL.Image.Image]:
-        if not paste:
-            return list(images)
-        progress(0.95, desc="Pasting the edits back into the photo")
-        return [self.paste(entry.inversion, image) for image in images]
-
     @staticmethod
     def _before_image(
         entry: CachedInversion, paste: bool, size: tuple[int, int]
@@ -316,6 +389,16 @@ class EditingService:
             return entry.inversion.photo
         crop = entry.inversion.aligned.image
         return crop if crop.size == size else crop.resize(size, PIL.Image.Resampling.LANCZOS)
+
+    def likeness(self, entry: CachedInversion) -> str:
+        """How close the face's render is to its crop (L2 at 256 px on [-1, 1], the field's
+        measure), and whether it is refined."""
+        render = self.reconstruction(entry, min(256, self.resolution))
+        crop = entry.inversion.crop(render.shape[-1])
+        l2 = float((render - crop).pow(2).mean())
+        refinement = entry.inversion.refinement
+        state = "not refined" if refinement is None else f"refined: {refinement.describe()}"
+        return f"Reconstruction L2 {l2:.4f} at {render.shape[-1]} px ({state})"
 
     # -- what the UI's events run
     def analysis_steps(
@@ -334,84 +417,128 @@ class EditingService:
         choices = face_choices(inv.faces)
         annotated = annotate_faces(inv.photo, inv.faces, key[1]) if several else None
 
-        def analysis(reconstruction: PIL.Image.Image) -> Analysis:
+        def analysis(resolution: int) -> Analysis:
             cache.touch()
-            return Analysis(choices, key[1], several, annotated, inv.aligned.image, reconstruction)
+            image = tensor_to_pil(self.reconstruction(entry, resolution))[0]
+            crop = inv.aligned.image
+            return Analysis(choices, key[1], several, annotated, crop, image, self.likeness(entry))
 
-        if entry.reconstruction is None:
-            for resolution in self.resolutions:
+        for resolution in self.resolutions:
+            if resolution not in entry.reconstructions:
                 progress(0.6, desc=f"Rendering the reconstruction at {resolution} px")
-                image, embedding = self.reconstruct(inv.wplus, resolution)
-                if embedding is not None and entry.embedding is None:
-                    entry.embedding = embedding
-                if resolution == self.resolution:
-                    entry.reconstruction = image
-                else:
-                    yield analysis(image)
-        yield analysis(entry.reconstruction)
+                if resolution != self.resolution:
+                    yield analysis(resolution)
+        yield analysis(self.resolution)
 
-    def edit_steps(
+    def refine_steps(
         self,
         cache: SessionCache,
         photo: str | None,
         face_index: int | None,
-        prompt: str | None,
-        source_prompt: str | None,
-        strength: float | None,
-        samples: Any,
-        diversity: float,
-        seed: Any,
-        paste: bool,
+        progress: Progress = _no_progress,
+        *,
+        inline: bool = False,
+    ) -> Iterator[RefineUpdate]:
+        """Refine likeness of the chosen face (pivotal tuning); yields its progress, then the
+        refined reconstruction. In the background worker (yielding to every request) unless
+        ``inline`` or there is none; closing the iterator cancels it. Every later edit, slider
+        move and sweep of the face uses the result."""
+        pipe = self.require()
+        if not photo:
+            raise NoPhotoError(NO_PHOTO_MESSAGE)
+        entry, _ = self.inversion(cache, photo, face_index, progress)
+        config = self.refine_config()
+        args = (entry.inversion.wplus, entry.inversion.crop(pipe.generator.size), config)
+        if self.worker is None or inline:
+            yield RefineUpdate(_refining(config, None, 0), 0.0)
+            refinement = self.refine(*args)
+        else:
+            refinement = yield from self._refine_in_background(entry, args, config, progress)
+        entry.use_refinement(refinement)
+        cache.touch()
+        for resolution in self.resolutions:
+            progress(0.95, desc=f"Rendering the refined reconstruction at {resolution} px")
+            self.reconstruction(entry, resolution)
+        image = tensor_to_pil(self.reconstruction(entry, self.resolution))[0]
+        yield RefineUpdate(self.likeness(entry), 1.0, image, refinement)
+
+    def _refine_in_background(
+        self, entry: CachedInversion, args: tuple, config: RefineConfig, progress: Progress
+    ) -> Iterator[RefineUpdate]:
+        job = entry.refine_job
+        if job is None or job.done:
+
+            def task(job: Job) -> Refinement:
+                def report(step) -> None:
+                    job.progress = step
+
+                return self._refine(
+                    *args,
+                    progress=report,
+                    cancelled=lambda: job.cancelled,
+                    between_steps=self.gate.pause,
+                )
+
+            job = entry.refine_job = self.worker.submit(task)
+        try:
+            while not job.wait(REFINE_POLL_S):
+                ahead = 0 if job.started is not None else self.worker.waiting
+                fraction = 0.0 if job.progress is None else job.progress.fraction
+                progress(fraction, desc="Refining likeness")
+                yield RefineUpdate(_refining(config, job.progress, ahead), fraction)
+        except GeneratorExit:  # the page cancelled, or the client went away
+            job.cancel()
+            raise
+        finally:
+            if job.done and entry.refine_job is job:
+                entry.refine_job = None
+        if job.error is not None:
+            raise job.error
+        return job.result
+
+    def edit_steps(
+        self,
+        cache: SessionCache,
+        request: EditRequest,
         progress: Progress = _no_progress,
         warn: Warn = _no_warning,
         resolutions: Sequence[int] | None = None,
         finished: bool = True,
     ) -> Iterator[EditStep]:
-        """Edit the chosen face of ``photo`` towards ``prompt``; yields one step per render size in
-        ``resolutions`` (default: the preview first, then the full size). ``paste``: results
-        pasted back into the photo, else the aligned crops. ``finished=False`` labels even the
-        last step a preview (the strength slider is still moving; the final render follows)."""
+        """Edit the chosen face of ``request.photo`` towards its prompt; yields one step per
+        render size in ``resolutions`` (default: the preview first, then the full size).
+        ``finished=False`` labels even the last step a preview (the strength slider is still
+        moving; the final render follows)."""
         self.require()
-        prompt = clean_prompt(prompt, warn=warn)
-        source_prompt = optional_prompt(source_prompt, warn)
-        if not photo:
-            raise NoPhotoError(NO_PHOTO_MESSAGE)
-        samples = clamp_int(samples, 1, 8, 4)
-        seed = clamp_int(seed, 0, 2**31 - 1, 0)
-        auto = is_auto(strength)
-        strength = AUTO_STRENGTH if auto else finite(strength, "strength", 1.0)
-        diversity = finite(diversity, "spread (diversity)", 0.5)
         started = time.perf_counter()
-        entry, _ = self.inversion(cache, photo, face_index, progress)
-        progress(0.3, desc=f"Editing towards “{prompt}”")
-        edit = self.edit_cached(
-            entry,
-            prompt,
-            source_prompt=source_prompt,
-            strength=strength,
-            n_samples=samples,
-            diversity=diversity,
-            seed=seed,
-        )
+        entry, _ = self.inversion(cache, request.photo, request.face_index, progress)
+        progress(0.3, desc=f"Editing towards “{request.prompt}”")
+        edit = self.edit_cached(entry, request)
         for notice in edit.notices:
             warn(notice)
-        if auto:
-            strength = float(edit.strength)
-        described = f"strength {strength:+.2f}" + (" (auto)" if auto else "")
-        status = f"**{edit.method}** · {samples} sample(s), {described}"
+        strength = float(edit.strength) if request.auto else float(request.strength)
+        described = f"strength {strength:+.2f}" + (" (auto)" if request.auto else "")
+        refined = " · refined likeness" if entry.inversion.refinement is not None else ""
+        status = f"**{edit.method}** · {request.samples} sample(s), {described}{refined}"
         fallback = edit.method == BASELINE_METHOD
         resolutions = list(resolutions or self.resolutions)
         for step, resolution in enumerate(resolutions):
             last = step == len(resolutions) - 1
             progress(
                 0.4 + 0.5 * step / len(resolutions),
-                desc=f"Rendering {samples} image(s) at {resolution} px",
+                desc=f"Rendering {request.samples} image(s) at {resolution} px",
             )
-            images = self._compose(entry, self.render_edit(edit, resolution), paste, progress)
+            renders = self.render_edit(edit, resolution, entry.inversion.tuning)
+            if request.paste:
+                progress(0.95, desc="Pasting the edits back into the photo")
+            images = self.deliver(entry, renders, request)
             # API callers see only the gallery: its captions say when the fallback made it.
             label = " · optimisation fallback (no CSLA mappers yet)" if fallback else ""
-            items = [(image, caption(i, strength, seed) + label) for i, image in enumerate(images)]
-            before = self._before_image(entry, paste, images[0].size)
+            items = [
+                (image, caption(i, strength, request.seed) + label)
+                for i, image in enumerate(images)
+            ]
+            before = self._before_image(entry, request.paste, images[0].size)
             cache.before = before  # kept for comparisons with the other results (compare_pair)
             cache.touch()
             label = "" if last and finished else " — preview"
@@ -423,49 +550,43 @@ class EditingService:
     def sweep(
         self,
         cache: SessionCache,
-        photo: str | None,
-        face_index: int | None,
-        prompt: str | None,
-        source_prompt: str | None,
-        max_strength: float | None,
+        request: EditRequest,
         frames: Any,
-        diversity: float,
-        seed: Any,
-        paste: bool,
         progress: Progress = _no_progress,
         warn: Warn = _no_warning,
     ) -> str:
-        """A GIF of sample 1 from -max_strength to +max_strength and back; returns its path."""
-        self.require()
-        prompt = clean_prompt(prompt, warn=warn)
-        source_prompt = optional_prompt(source_prompt, warn)
-        if not photo:
-            raise NoPhotoError(NO_PHOTO_MESSAGE)
-        frames = clamp_int(frames, 3, 15, self.default_frames)
-        seed = clamp_int(seed, 0, 2**31 - 1, 0)
-        max_strength = finite(max_strength, "strength", 1.0)
-        diversity = finite(diversity, "spread (diversity)", 0.5)
-        entry, _ = self.inversion(cache, photo, face_index, progress)
-        images = []
-        for i, strength in enumerate(sweep_strengths(max_strength, frames)):
-            progress((i, frames), desc=f"Frame {i + 1}/{frames} (strength {strength:+.2f})")
-            edit = self.edit_cached(
-                entry,
-                prompt,
-                source_prompt=source_prompt,
-                strength=strength,
-                n_samples=1,
-                diversity=diversity,
-                seed=seed,
-            )
-            frame = self.render_edit(edit, self.sweep_resolution)[0]
-            if paste:
-                frame = self.paste(entry.inversion, frame)
-                frame.thumbnail((512, 512), PIL.Image.Resampling.LANCZOS)  # GIFs stay small
-            images.append(frame)
+        """A GIF of sample 1 from -strength to +strength of ``request`` and back; its path."""
+        images = self.sweep_frames(cache, request, frames, progress, warn)
         name = write_gif(images, self.sweep_folder)
         cache.touch()
         return name
+
+    def sweep_frames(
+        self,
+        cache: SessionCache,
+        request: EditRequest,
+        frames: Any,
+        progress: Progress = _no_progress,
+        warn: Warn = _no_warning,
+    ) -> list[PIL.Image.Image]:
+        """The sweep's pictures, from -strength to +strength (``frames`` of them, 3-15)."""
+        self.require()
+        if request.auto:
+            raise InvalidSettingError("The sweep needs a number as its largest strength.")
+        frames = clamp_int(frames, 3, 15, self.default_frames)
+        entry, _ = self.inversion(cache, request.photo, request.face_index, progress)
+        images = []
+        for i, strength in enumerate(sweep_strengths(float(request.strength), frames)):
+            progress((i, frames), desc=f"Frame {i + 1}/{frames} (strength {strength:+.2f})")
+            edit = self.edit_cached(entry, request, strength=strength, n_samples=1)
+            for notice in edit.notices if i == 0 else ():
+                warn(notice)
+            render = self.render_edit(edit, self.sweep_resolution, entry.inversion.tuning)
+            frame = self.deliver(entry, render, request)[0]
+            if request.paste:
+                frame.thumbnail((512, 512), PIL.Image.Resampling.LANCZOS)  # GIFs stay small
+            images.append(frame)
+        return images
 
     def generate_steps(
         self,
@@ -486,5 +607,21 @@ class EditingService:
             warn(notice)
         for resolution in self.resolutions:
             progress(0.5, desc=f"Rendering {samples} image(s) at {resolution} px")
-            images = self.render_edit(result, resolution)
+            images = tensor_to_pil(self.render_edit(result, resolution))
             yield [(image, f"sample {i + 1} · seed {seed}") for i, image in enumerate(images)]
+
+
+def _refining(config: RefineConfig, step: RefineStep | None, ahead: int) -> str:
+    """The page's line while a face is refined."""
+    if ahead:
+        return f"Waiting for {ahead} other refinement(s) to finish…"
+    budget = f"up to {config.steps} steps" + (
+        f" or {config.seconds:.0f} s" if config.seconds is not None else ""
+    )
+    if step is None:
+        return f"Refining likeness: tuning the generator to this face ({budget})…"
+    return (
+        f"Refining likeness: step {step.step} of at most {config.steps}, {step.seconds:.0f} s"
+        + (f" of {config.seconds:.0f} s" if config.seconds is not None else "")
+        + f"; L2 {step.l2:.4f}"
+    )
