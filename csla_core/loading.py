@@ -118,17 +118,24 @@ def _download_mappers(repo: str, allow_download: bool, fingerprints: dict[str, s
             "downloads."
         )
     from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+    )
 
     for name in (weights.mappers_filename(fingerprints), "mappers.safetensors"):
         try:
             return Path(hf_hub_download(repo, name))
+        except LocalEntryNotFoundError as exc:  # the hub could not be reached: make them here
+            logger.warning("CSLA mappers from %s could not be fetched (%s)", repo, exc)
+            return None
         except EntryNotFoundError:
             continue
         except RepositoryNotFoundError:
             logger.warning("the mappers repo %s does not exist (yet)", repo)
             return None
-        except Exception as exc:  # network, auth: the user named this repo, so say so
+        except Exception as exc:  # auth and the like: the user named this repo, so say so
             raise WeightsError(f"Could not download CSLA mappers from {repo}: {exc}") from exc
     logger.warning(
         "%s holds no mappers for these models (%s)", repo, weights.mappers_filename(fingerprints)

@@ -144,11 +144,14 @@ def start_app(
     timeout_s: float = 180,
     small_models: bool = False,
     precision: str = "auto",
+    refine_seconds: float | None = None,
 ) -> tuple[subprocess.Popen, str]:
     """``python app.py --random-weights`` on 127.0.0.1; (process, url) once it answers.
     ``small_models``: the same app around small random models (SMALL_MODELS_APP)."""
     port = free_port()
     env = app_environment(port, CSLA_DEVICE="cpu")
+    if refine_seconds is not None:
+        env["CSLA_REFINE_SECONDS"] = str(refine_seconds)
     command = [
         sys.executable,
         str(REPO / "app.py"),
@@ -289,8 +292,10 @@ def one_request(
     rng: random.Random,
     samples: int,
     timeout_s: float,
+    refine: bool = False,
 ) -> tuple[float, str | None]:
-    """User ``index`` edits their photo once: (seconds taken, the problem or None)."""
+    """User ``index`` edits their photo once: (seconds taken, the problem or None); ``refine``:
+    with /edit's refine parameter (the face is refined in the user's session first)."""
     from gradio_client import handle_file
 
     prompt = rng.choice(PROMPTS)
@@ -303,6 +308,7 @@ def one_request(
             strength,
             rng.randrange(1000),
             samples,
+            *(("keep", True) if refine else ()),
             api_name="/edit",
         )
         result = job.result(timeout=timeout_s)
@@ -355,9 +361,11 @@ def run_load(
     request_timeout_s: float = 300,
     download_dir: str | os.PathLike | None = None,
     seed: int = 0,
+    refine: bool = False,
 ) -> Report:
     """Every photo is one user; one warm-up request each, then ``requests_per_user`` requests each
-    or as many as fit in ``seconds`` (a request is only started before the deadline)."""
+    or as many as fit in ``seconds`` (a request is only started before the deadline).
+    ``refine``: each user's warm-up refines their face, which every later request then uses."""
     from gradio_client import Client
 
     require_loopback(url)
@@ -390,7 +398,7 @@ def run_load(
         try:
             client = Client(url, verbose=False, download_files=str(download_root / f"u{index}"))
             elapsed, problem = one_request(
-                client, photos, uploads, index, rng, samples, request_timeout_s
+                client, photos, uploads, index, rng, samples, request_timeout_s, refine
             )
             with lock:
                 report.warmup_requests += 1
@@ -483,6 +491,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--precision", default="auto", help="the app's --precision (auto, fp32, bf16)"
     )
+    parser.add_argument(
+        "--refine",
+        action="store_true",
+        help="each user's warm-up request refines their face (/edit's refine), which their "
+        "later requests then use",
+    )
+    parser.add_argument(
+        "--refine-seconds",
+        type=float,
+        default=20.0,
+        help="the app's refinement time budget with --refine (default 20 s: the memory of a "
+        "refined face does not depend on it)",
+    )
     args = parser.parse_args(argv)
     if not 1 <= args.users <= 64:
         parser.error("--users must be 1..64")
@@ -500,6 +521,7 @@ def main(argv: list[str] | None = None) -> int:
                 log_path=app_log,
                 small_models=args.small_models,
                 precision=args.precision,
+                refine_seconds=args.refine_seconds if args.refine else None,
             )
             print(f"app ready at {url} after {time.monotonic() - started:.1f} s (log {app_log})")
         require_loopback(url)
@@ -513,6 +535,7 @@ def main(argv: list[str] | None = None) -> int:
             rss_probe=probe,
             request_timeout_s=args.timeout,
             download_dir=work / "downloads",
+            refine=args.refine,
         )
     finally:
         if process is not None:

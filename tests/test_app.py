@@ -594,6 +594,9 @@ def test_browser_refine_likeness_then_edit_and_compare(server, browser):
             "document.querySelectorAll('#compare img').length >= 1", timeout=30_000
         )
         assert page.locator("#results img").count() >= 1
+        page.wait_for_timeout(1500)  # the gallery fades new images in
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "app-refined.png"), full_page=True)
     finally:
         page.close()
 

@@ -87,3 +87,23 @@ def test_bench_reports_every_stage_with_ratios_parity_and_precisions_side_by_sid
         old, new, ratio = row[len(stage) :].split()
         assert old == f"{timings[stage]['median_s']:.3f}s" and new == f"{after[stage]:.3f}s"
         assert ratio == f"{timings[stage]['median_s'] / after[stage]:.2f}x"
+
+
+def test_two_torch_releases_side_by_side_say_where_a_figure_differs():
+    from csla_core.evaluation.bench import format_side_by_side
+
+    def report(torch_version: str, render_s: float) -> dict:
+        timings = [
+            {"stage": "generator 1024, fast path", "median_s": render_s},
+            {"stage": "e4e encoder 256", "median_s": 0.5},
+        ]
+        machine = {"torch": torch_version}
+        return {"precision": "bf16", "machine": machine, "timings": timings, "peak_rss_gb": 3.0}
+
+    text = format_side_by_side(report("2.11.0+cu130", 0.6), report("2.15.0+cu132", 0.3))
+    lines = {line.split("  ")[0].strip(): line for line in text.splitlines()}
+    assert "torch 2.11.0+cu130" in text and "torch 2.15.0+cu132" in text
+    assert "2.00x  differs between the torch releases" in lines["generator 1024, fast path"]
+    assert "differs" not in lines["e4e encoder 256"]
+    same = format_side_by_side(report("2.15.0", 0.6), report("2.15.0", 0.3))
+    assert "differs" not in same and "bf16" in same.splitlines()[0]

@@ -111,6 +111,15 @@ def test_tuning_brings_the_render_to_the_target_and_stops_by_its_rules():
         generator, wplus, target, RefineConfig(resolution=32), cancelled=lambda: True
     )
     assert cancelled.stop == "cancelled" and cancelled.steps == 0
+    # The loss says what it is: PTI's perceptual term (here MS-SSIM: no LPIPS backbone), or none.
+    assert result.loss in ("L2 + (1 - MS-SSIM)", "L2 + LPIPS (alex)")
+    plain = refine_generator(
+        generator,
+        wplus,
+        target,
+        RefineConfig(steps=2, seconds=None, resolution=32, perceptual_weight=0),
+    )
+    assert plain.loss == "L2" and plain.perceptual_before == 0.0
 
 
 def test_the_locality_regulariser_takes_part_when_asked_for():

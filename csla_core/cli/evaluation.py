@@ -158,10 +158,12 @@ def fidelity_command(argv: list[str] | None = None) -> int:
         action="store_true",
         help="refine with L2 alone (no perceptual term): the comparison for the loss",
     )
+    p.add_argument("--single-face", action="store_true", help="skip photos with more than one face")
     p.add_argument("--json", type=Path, default=None, help="also write every figure as JSON")
     add_model_options(p, precision=True)
     args = p.parse_args(argv)
     pipe = build_pipeline(args)
+    loaded_gb = peak_rss_gb()
     overrides: dict = {}
     if args.refine_seconds is not None:
         overrides["seconds"] = args.refine_seconds
@@ -180,6 +182,7 @@ def fidelity_command(argv: list[str] | None = None) -> int:
         strength=args.strength,
         face_embedder=embed,
         allow_download=not hub_offline(),
+        single_face=args.single_face,
     )
     import torch
 
@@ -195,7 +198,9 @@ def fidelity_command(argv: list[str] | None = None) -> int:
     if pipe.random_weights:
         labels.insert(0, "RANDOM WEIGHTS: these figures measure the machinery, not the models.")
     print("\n" + format_report(report, labels))
-    print(f"peak resident memory: {peak_rss_gb():.2f} GB")
+    print(
+        f"peak resident memory: {peak_rss_gb():.2f} GB ({loaded_gb:.2f} GB once the models were loaded)"
+    )
     if args.json:
         args.json.write_text(report.to_json() + "\n")
     return 0
@@ -222,6 +227,13 @@ def bench_command(argv: list[str] | None = None) -> int:
         "by side when it differs from the one in force (default fp32; 'none': skip)",
     )
     parser.add_argument(
+        "--other-torch",
+        metavar="PYTHON",
+        help="also run the bench with this interpreter (another torch release, e.g. a virtual "
+        "environment's bin/python), in the same precision, and print both side by side, saying "
+        "where a figure differs between the releases",
+    )
+    parser.add_argument(
         "--json", metavar="PATH", help="also write the figures as JSON ('-' = stdout)"
     )
     args = parser.parse_args(argv)
@@ -231,10 +243,12 @@ def bench_command(argv: list[str] | None = None) -> int:
 
     in_force = choose_precision(args.precision, torch.device(args.device).type).precision
     baseline = None
-    if args.baseline != "none" and args.baseline != in_force:
-        options = ["--device", args.device, "--repeats", str(args.repeats)]
-        options += ["--size", str(args.size), "--preview", str(args.preview)]
-        options += ["--threads", str(args.threads)] if args.threads else []
+    options = ["--device", args.device, "--repeats", str(args.repeats)]
+    options += ["--size", str(args.size), "--preview", str(args.preview)]
+    options += ["--threads", str(args.threads)] if args.threads else []
+    if args.other_torch:  # the same precision with the other release, first: a quiet machine
+        baseline = bench.run_baseline(in_force, options, python=args.other_torch)
+    elif args.baseline != "none" and args.baseline != in_force:
         baseline = bench.run_baseline(args.baseline, options)  # first: a quiet machine
     report = bench.run_benchmarks(
         device=args.device,

@@ -162,6 +162,10 @@ def perceptual_loss(allow_download: bool = False) -> tuple[str, PerceptualLoss, 
     return "L2 + LPIPS (alex)", lpips, True
 
 
+def _zero_loss(a: torch.Tensor, _b: torch.Tensor) -> torch.Tensor:
+    return a.new_zeros(a.shape[0])
+
+
 def refine_generator(
     generator: Generator,
     wplus: torch.Tensor,
@@ -184,6 +188,8 @@ def refine_generator(
     device = generator.input.input.device
     resolution = min(config.resolution or generator.size, generator.size)
     name, perceptual_fn, is_lpips = perceptual or perceptual_loss()
+    if config.perceptual_weight == 0:  # plain L2 (a comparison): no perceptual term at all
+        name, perceptual_fn, is_lpips = "L2", _zero_loss, False
     wplus = generator.to_wplus(wplus.to(device).float()).detach()
     target = resize_batch(target.to(device).float(), resolution)
     with torch.no_grad():

@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -511,26 +512,41 @@ def format_report(report: dict) -> str:
     return "\n".join(lines)
 
 
-def run_baseline(precision: str, argv: list[str]) -> dict:
+def run_baseline(precision: str, argv: list[str], python: str | None = None) -> dict:
     """The bench in ``precision`` (``argv``: the other bench options), in its own process so
-    that its memory and allocator state are its own; returns its report."""
-    command = [sys.executable, "-m", "csla_core", "bench", *argv]
+    that its memory and allocator state are its own; ``python``: another interpreter (another
+    torch: its environment must have this project's requirements). Returns its report."""
+    command = [python or sys.executable, "-m", "csla_core", "bench", *argv]
     command += ["--precision", precision, "--baseline", "none", "--json", "-"]
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    root = Path(__file__).resolve().parents[2]  # where `-m csla_core` finds this code
+    done = subprocess.run(command, capture_output=True, text=True, check=False, cwd=root)
     if done.returncode != 0:
         raise RuntimeError(f"the {precision} bench process failed:\n{done.stderr[-2000:]}")
     return json.loads(done.stdout)
 
 
+# Two torch releases' figures "differ" beyond this ratio either way (run-to-run spread on these
+# virtual machines reaches 10-30 % for single stages).
+TORCH_DIFFERS = 1.25
+
+
 def format_side_by_side(before: dict, after: dict) -> str:
-    """Every stage in both precisions and the speed-up, plus each run's peak memory."""
+    """Every stage in both runs (two precisions, or two torch releases) and the speed-up, plus
+    each run's peak memory; between torch releases, the stages whose times differ beyond
+    ``TORCH_DIFFERS`` say so."""
     a, b = before["precision"], after["precision"]
+    torches = before["machine"]["torch"] != after["machine"]["torch"]
+    if torches:
+        a, b = f"torch {before['machine']['torch']}", f"torch {after['machine']['torch']}"
     times = {t["stage"]: t["median_s"] for t in before["timings"]}
     lines = [f"{'stage, side by side':<48} {a:>9} {b:>9}  speed-up"]
     for t in after["timings"]:
         if t["stage"] in times and "reference path" not in t["stage"]:
             old, new = times[t["stage"]], t["median_s"]
-            lines.append(f"{t['stage']:<48} {old:>8.3f}s {new:>8.3f}s  {old / new:.2f}x")
+            ratio = old / new
+            differs = torches and not 1 / TORCH_DIFFERS <= ratio <= TORCH_DIFFERS
+            note = "  differs between the torch releases" if differs else ""
+            lines.append(f"{t['stage']:<48} {old:>8.3f}s {new:>8.3f}s  {ratio:.2f}x{note}")
     lines.append(
         f"{'peak resident memory (fast path)':<48} {before['peak_rss_gb']:>7.2f}GB "
         f"{after['peak_rss_gb']:>7.2f}GB"

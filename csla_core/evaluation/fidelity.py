@@ -16,10 +16,13 @@ Methods: e4e alone (the render as it is), + detail keeping (the default), + refi
 the refinement), and an edit's identity: cosine of the delivered result of ``prompt`` at
 ``strength`` with the photo (does the edited face still look like the person?).
 
-Per photo, for the refinement: the face-region L2 at 256 px before and after (within the
-paste-back mask), its fall, the steps and seconds per step, and how much an edit still changes
-the refined face relative to the shared generator's (``edit_kept``: >= 0.5 means edits still
-work).
+Per photo, for the refinement: the face-region L2 (within the paste-back mask) before and after,
+of the render at the size the refinement tunes (256 px on a CPU: the skip generator's 256 px
+image, unclipped) and of the full render shrunk to 256 px and clipped to [-1, 1] (what is pasted:
+with random weights the untuned 512 and 1024 px levels add noise the tuning cannot reach), the
+identity cosine of the tuned-size render with the photo before and after, the steps and seconds
+per step, and how much an edit still changes the refined face relative to the shared generator's
+(``edit_kept``: >= 0.5 means edits still work).
 """
 
 from __future__ import annotations
@@ -71,8 +74,12 @@ class PhotoRefinement:
     """One photo's refinement figures."""
 
     photo: str
-    face_l2_before: float
+    face_l2_before: float  # the render at the tuned size
     face_l2_after: float
+    delivered_l2_before: float  # the full render, shrunk to 256 px and clipped
+    delivered_l2_after: float
+    identity_before: float | None  # the tuned-size render and the photo
+    identity_after: float | None
     steps: int
     seconds: float
     stop: str
@@ -155,10 +162,11 @@ def measure_fidelity(
     strength: float = 1.0,
     face_embedder: FaceEmbedder | None = None,
     allow_download: bool = False,
+    single_face: bool = False,
     progress: Callable[[str], None] = print,
 ) -> FidelityReport:
     """Measure every photo (its largest face) as the module doc says. Photos without a usable
-    face are skipped and named."""
+    face (or, with ``single_face``, with several) are skipped and named."""
     lpips = load_lpips_network("alex", allow_download=allow_download)
     notes = []
     if lpips is None:
@@ -179,8 +187,11 @@ def measure_fidelity(
             skipped.append(f"{Path(path).name}: {exc}")
             continue
         invert_s = time.perf_counter() - started
+        if single_face and len(inversion.faces) > 1:
+            skipped.append(f"{Path(path).name}: {len(inversion.faces)} faces")
+            continue
         photo = inversion.crop(SIZE)
-        untuned = resize_batch(pipe.reconstruct(inversion).cpu(), SIZE)
+        untuned = resize_batch(pipe.reconstruct(inversion).cpu(), SIZE).clamp(-1, 1)
         edit = pipe.edit(inversion.wplus, prompt, strength=strength, n_samples=1)
         edited = pipe.render_edit(edit).cpu()
         full = pipe.reconstruct(inversion).cpu()
@@ -202,15 +213,9 @@ def measure_fidelity(
         }
         seconds["e4e"].append(invert_s)
         seconds["e4e + detail kept"].append(invert_s + keep_s)
-        refined = pipe.tune(
-            inversion.wplus,
-            inversion.crop(pipe.generator.size),
-            refine,
-            allow_download=allow_download,
-        )
-        inversion.refinement = refined
+        refined = pipe.refine(inversion, refine, allow_download=allow_download)
         tuned_full = pipe.reconstruct(inversion).cpu()
-        tuned = resize_batch(tuned_full, SIZE)
+        tuned = resize_batch(tuned_full, SIZE).clamp(-1, 1)
         tuned_edited = pipe.render_edit(edit, tuning=inversion.tuning).cpu()
         views["e4e + refinement + detail kept"] = (
             tuned,
@@ -225,10 +230,24 @@ def measure_fidelity(
                 edit_identity[method].append(identity(face_embedder, edited_crop, photo))
         change_shared = float((edited - full).abs().mean())
         change_tuned = float((tuned_edited - tuned_full).abs().mean())
+        at = refined.resolution  # the tuned size: its render, unclipped, as the tuning sees it
+        level = [pipe.render(inversion.wplus, max_resolution=at), pipe.reconstruct(inversion, at)]
+        level = [x.cpu() for x in level]
+        level_l2 = [_masked_l2(x, inversion.crop(at), face_region(at)) for x in level]
+        ids = [
+            identity(face_embedder, resize_batch(x, SIZE).clamp(-1, 1), photo)
+            if face_embedder is not None
+            else None
+            for x in level
+        ]
         record = PhotoRefinement(
             photo=Path(path).name,
-            face_l2_before=_masked_l2(untuned, photo, mask),
-            face_l2_after=_masked_l2(tuned, photo, mask),
+            face_l2_before=level_l2[0],
+            face_l2_after=level_l2[1],
+            delivered_l2_before=_masked_l2(untuned, photo, mask),
+            delivered_l2_after=_masked_l2(tuned, photo, mask),
+            identity_before=ids[0],
+            identity_after=ids[1],
             steps=refined.steps,
             seconds=refined.seconds,
             stop=refined.stop,
@@ -237,11 +256,13 @@ def measure_fidelity(
             curve=refined.curve,
         )
         refinements.append(record)
+        said = "" if ids[0] is None else f"; identity {ids[0]:.2f} -> {ids[1]:.2f}"
         progress(
-            f"{record.photo}: face L2 {record.face_l2_before:.4f} -> {record.face_l2_after:.4f} "
-            f"({record.fall:.1f}x lower), {record.steps} steps in {record.seconds:.0f} s "
-            f"({record.seconds_per_step:.2f} s/step, {record.stop}); edit kept "
-            f"{record.edit_kept:.2f}"
+            f"{record.photo}: face L2 at {at} px {record.face_l2_before:.4f} -> "
+            f"{record.face_l2_after:.4f} ({record.fall:.1f}x lower; pasted render "
+            f"{record.delivered_l2_before:.4f} -> {record.delivered_l2_after:.4f}){said}; "
+            f"{record.steps} steps in {record.seconds:.0f} s ({record.seconds_per_step:.2f} "
+            f"s/step, {record.stop}); edit kept {record.edit_kept:.2f}"
         )
     return FidelityReport(
         reconstruction, delivered, edit_identity, seconds, refinements, skipped, notes
@@ -275,17 +296,28 @@ def format_report(report: FidelityReport, labels: Sequence[str] = ()) -> str:
             f"{fmt(row['seconds_per_image'], 1)} | {fmt(row['edit_identity'], 2)} |"
         )
     if report.refinements:
-        falls = [r.fall for r in report.refinements]
-        steps = [r.seconds_per_step for r in report.refinements]
-        kept = [r.edit_kept for r in report.refinements]
+        refs = report.refinements
+        falls = [r.fall for r in refs]
+        steps = [r.seconds_per_step for r in refs]
+        kept = [r.edit_kept for r in refs]
+
+        def span(values, digits=2, unit=""):
+            return f"{min(values):.{digits}f}-{max(values):.{digits}f}{unit} (median {np.median(values):.{digits}f}{unit})"
+
         lines += [
             "",
-            f"refinement over {len(report.refinements)} photo(s): face-region L2 fell "
-            f"{min(falls):.1f}-{max(falls):.1f}x (median {np.median(falls):.1f}x); "
-            f"{min(steps):.2f}-{max(steps):.2f} s per step; edits kept "
-            f"{min(kept):.2f}-{max(kept):.2f} of their change (>= 0.5: edits still work); "
-            f"loss {report.refinements[0].loss}",
+            f"refinement over {len(refs)} photo(s), loss {refs[0].loss}:",
+            f"- face-region L2 of the tuned-size render fell {span(falls, 1, 'x')}",
+            f"- pasted render's face-region L2: {span([r.delivered_l2_before for r in refs], 4)} -> "
+            f"{span([r.delivered_l2_after for r in refs], 4)}",
+            f"- {span([r.steps for r in refs], 0)} steps, {span(steps)} s per step",
+            f"- edits kept {span(kept)} of their change (>= 0.5: edits still work)",
         ]
+        if refs[0].identity_before is not None:
+            lines.append(
+                f"- identity of the tuned-size render: {span([r.identity_before for r in refs])} -> "
+                f"{span([r.identity_after for r in refs])}"
+            )
     lines += [f"note: {n}" for n in report.notes]
     lines += [f"skipped {s}" for s in report.skipped]
     return "\n".join(lines)
