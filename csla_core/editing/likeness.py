@@ -8,10 +8,11 @@ locality regulariser (off by default there) keeps renders away from the pivot un
 
 [ours]
 - What is tuned: the synthesis convolutions' weights and the biases of every style block whose
-  output is at most ``resolution`` px (all of them at the generator's full size). The mapping
-  network and the affine (W -> S) layers are not: every edit's W+ and S codes stay the shared
-  model's, so an edit made for the untuned face applies unchanged to the tuned one. The tuning
-  is held beside the shared generator, never written into it (``models.tuning``).
+  output is at most ``resolution`` px (all of them at the generator's full size), from
+  ``lowest`` px up (on a CPU 16: memory). The mapping network and the affine (W -> S) layers
+  are not: every edit's W+ and S codes stay the shared model's, so an edit made for the untuned
+  face applies unchanged to the tuned one. The tuning is held beside the shared generator,
+  never written into it (``models.tuning``).
 - Where: the loss compares the generator's RGB output at ``resolution`` px (the skip
   architecture's partial image; 256 px by default on a CPU, where a step at 1024 px would cost
   about 10x more) with the aligned crop resized to it, over the whole crop as PTI does.
@@ -48,6 +49,10 @@ PTI_LOCALITY_ALPHA = 30.0  # distance from the pivot of the regulariser's point,
 STOP_L2 = 0.015
 DEFAULT_CPU_SECONDS = 60.0
 DEFAULT_CPU_RESOLUTION = 256
+# On a CPU the 4 and 8 px blocks (7.1 M of the 23.5 M weights a 256 px loss can tune: the layout,
+# which the pivot fixes) are left as they are: their share of the tuning's memory (Adam's state,
+# gradients, their working copies) kept the app's peak under its 3.5 GB (docs/likeness.md).
+DEFAULT_CPU_LOWEST = 16
 
 Progress = Callable[["RefineStep"], None]
 
@@ -67,13 +72,15 @@ class RefineConfig:
     stop_l2: float = STOP_L2
     locality: float = 0.0  # PTI's regulariser weight (0: off, PTI's default)
     seed: int = 0  # the regulariser's random points
+    lowest: int = DEFAULT_CPU_LOWEST  # the smallest blocks tuned (px): 4 tunes them all
 
     @classmethod
     def for_device(cls, device: torch.device, **overrides) -> RefineConfig:
-        """CPU: 256 px, 60 s; GPU: PTI at full size, no time budget."""
+        """CPU: 256 px, 60 s, from the 16 px blocks; GPU: PTI, every block at full size, no
+        time budget."""
         if device.type == "cpu":
             return cls(**overrides)
-        return cls(**{"seconds": None, "resolution": None, **overrides})
+        return cls(**{"seconds": None, "resolution": None, "lowest": 4, **overrides})
 
 
 @dataclass(frozen=True)
@@ -162,6 +169,38 @@ def perceptual_loss(allow_download: bool = False) -> tuple[str, PerceptualLoss, 
     return "L2 + LPIPS (alex)", lpips, True
 
 
+def _adam(delta: SynthesisDelta, learning_rate: float) -> torch.optim.Adam:
+    """PTI's Adam over ``delta``, fused (it updates in place: no step-sized temporaries), with
+    its state and the gradients allocated before the first step. Made at once and kept, they
+    lie below everything a step allocates and frees, so the heap does not fragment around them
+    (measured: the peak of a CPU refinement about 0.5 GB lower)."""
+    optimiser = torch.optim.Adam(delta.tensors(), lr=learning_rate, fused=True)
+    for tensor in delta.tensors():
+        tensor.grad = torch.zeros_like(tensor)
+        state = optimiser.state[tensor]
+        state["step"] = torch.zeros((), dtype=torch.float32, device=tensor.device)
+        state["exp_avg"] = torch.zeros_like(tensor, memory_format=torch.preserve_format)
+        state["exp_avg_sq"] = torch.zeros_like(tensor, memory_format=torch.preserve_format)
+    return optimiser
+
+
+# What backward keeps of the forward pass: large float32 tensors are kept in bfloat16 (half
+# the bytes; a gradient computed from them is 0.4 % off at most, which Adam's normalised steps
+# do not notice), the rest as they are.
+PACKED_NUMEL = 1 << 18
+
+
+def _pack(t: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    if t.dtype == torch.float32 and t.numel() >= PACKED_NUMEL:
+        return t.to(torch.bfloat16), True
+    return t, False
+
+
+def _unpack(packed: tuple[torch.Tensor, bool]) -> torch.Tensor:
+    t, narrowed = packed
+    return t.float() if narrowed else t
+
+
 def _zero_loss(a: torch.Tensor, _b: torch.Tensor) -> torch.Tensor:
     return a.new_zeros(a.shape[0])
 
@@ -194,13 +233,14 @@ def refine_generator(
     target = resize_batch(target.to(device).float(), resolution)
     with torch.no_grad():
         styles = [s.detach() for s in generator.styles_from_wplus(wplus)]
-    delta = SynthesisDelta.zeros(generator, blocks_up_to(generator, resolution), device)
-    optimiser = torch.optim.Adam(delta.tensors(), lr=config.learning_rate)
+    blocks = blocks_up_to(generator, resolution, config.lowest)
+    delta = SynthesisDelta.zeros(generator, blocks, device)
+    optimiser = _adam(delta, config.learning_rate)
     context = autocast or contextlib.nullcontext
     regulariser = _locality(generator, wplus, latent_avg, config, resolution, device)
 
     def render(tuning: SynthesisDelta | None, codes=styles) -> torch.Tensor:
-        with context():
+        with context(), torch.autograd.graph.saved_tensors_hooks(_pack, _unpack):
             image = generator.synthesize(codes, "const", resolution, impl="batched", tuning=tuning)
         return image.float()
 
@@ -229,7 +269,7 @@ def refine_generator(
         loss = config.l2_weight * l2 + config.perceptual_weight * percept
         if regulariser is not None:
             loss = loss + regulariser(render, perceptual_fn, delta)
-        optimiser.zero_grad(set_to_none=True)
+        optimiser.zero_grad(set_to_none=False)
         loss.backward()
         optimiser.step()
         step += 1

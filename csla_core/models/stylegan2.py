@@ -24,6 +24,7 @@ from typing import Literal, Protocol
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .ops import (
     ACTIVATION_GAIN,
@@ -337,7 +338,12 @@ class ModulatedConv2d(nn.Module):
         weight: torch.Tensor | None = None,
     ) -> torch.Tensor:
         batch, in_channels, height, width = x.shape
-        weight = self.modulated_weight(s, weight)
+        if weight is not None and weight.requires_grad:
+            # Tuning: the modulated weight is made again in the backward pass rather than kept
+            # (with its intermediates, several copies of every tuned weight).
+            weight = checkpoint(self.modulated_weight, s, weight, use_reentrant=False)
+        else:
+            weight = self.modulated_weight(s, weight)
         k = self.kernel_size
         # Grouped convolution: the batch is folded into channels, one group per sample.
         x = x.reshape(1, batch * in_channels, height, width)

@@ -83,10 +83,11 @@ class SynthesisDelta:
         )
 
 
-def blocks_up_to(generator: Generator, resolution: int) -> list[int]:
+def blocks_up_to(generator: Generator, resolution: int, lowest: int = 4) -> list[int]:
     """The style blocks whose output is at most ``resolution`` px (what a loss at that size can
-    tune)."""
-    return [i for i, r in enumerate(generator.style_block_resolutions()) if r <= resolution]
+    tune), and at least ``lowest`` px."""
+    sizes = generator.style_block_resolutions()
+    return [i for i, r in enumerate(sizes) if lowest <= r <= resolution]
 
 
 class TunedGenerator(nn.Module):

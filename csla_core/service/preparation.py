@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..pipeline import CSLAPipeline
+from ..runtime import release_free_memory
 from ..training.calibrate import (
     CalibrationConfig,
     CalibrationPaused,
@@ -154,6 +155,7 @@ class MapperPreparation:
 
     def _finish(self, path: Path) -> None:
         """Mappers in use: keep them for the next start, then "done" (edits already use them)."""
+        release_free_memory()  # the bank and the fit's working memory
         self._kept = self.storage.keep(path, self.pipe.fingerprints)
         if self.on_done is not None:
             try:

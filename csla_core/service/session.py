@@ -42,6 +42,7 @@ from ..editing.likeness import RefineConfig, Refinement, RefineStep
 from ..editing.result import BASELINE_METHOD
 from ..errors import InputImageError, InvalidSettingError, WeightsError
 from ..imaging import tensor_to_pil
+from ..runtime import release_free_memory
 from .background import Job, RefinementWorker, RequestGate
 from .cache import CachedInversion, CacheKey, SessionCache, content_hash
 from .media import annotate_faces, caption, face_choices, sweep_strengths, write_gif
@@ -271,8 +272,16 @@ class EditingService:
     def _refine(
         self, wplus: torch.Tensor, crop: torch.Tensor, config: RefineConfig, **hooks: Any
     ) -> Refinement:
-        """The tuning of one face, returned (a ZeroGPU call hands it back as its result)."""
-        return self.require().tune(wplus, crop, config, allow_download=self.allow_download, **hooks)
+        """The tuning of one face, returned (a ZeroGPU call hands it back as its result). The
+        memory renders left free goes back first, since the tuning needs its own (1.5 GB on a
+        CPU), and the tuning's goes back after it."""
+        release_free_memory()
+        try:
+            return self.require().tune(
+                wplus, crop, config, allow_download=self.allow_download, **hooks
+            )
+        finally:
+            release_free_memory()
 
     # -- CPU steps
     def edit_cached(
