@@ -6,6 +6,7 @@ import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from conftest import REPO_ROOT
@@ -137,3 +138,32 @@ def test_tiny_train_then_edit_end_to_end(tmp_path):
     )
     assert edited.returncode == 0, edited.stderr
     assert (tmp_path / "out" / "edit.png").is_file()
+
+
+@pytest.mark.parametrize("method", ["mappers", "baseline"])
+def test_edit_at_strength_zero_writes_the_photo_back(astronaut, tmp_path, method):
+    """The issue's check as a user runs it: strength 0 gives the photo back within 1 grey level
+    (CSLA mappers; the optimisation fallback, which then optimises nothing), and the crop view
+    the aligned crop; NaN is refused with the message every front end gives."""
+    out = tmp_path / "out"
+    extra = ["--baseline"] if method == "baseline" else []
+    result = run("edit", str(astronaut), "smiling", "--strength", "0", "-n", "2", "-o", str(out),
+                 *extra, *OFFLINE_MODELS)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    photo = np.asarray(Image.open(astronaut).convert("RGB"), np.int16)
+    for written in sorted(out.glob("astronaut_edit*.png")):
+        assert np.abs(np.asarray(Image.open(written), np.int16) - photo).max() <= 1, written
+    if method == "baseline":
+        assert "optimisation" in result.stdout
+        return
+    crops = tmp_path / "crops"
+    result = run("edit", str(astronaut), "smiling", "--strength", "0", "-n", "1", "--crop",
+                 "-o", str(crops), *OFFLINE_MODELS)  # fmt: skip
+    aligned = tmp_path / "aligned.png"
+    assert run("align", str(astronaut), "-o", str(aligned)).returncode == 0
+    got = np.asarray(Image.open(crops / "astronaut_edit0.png"), np.int16)
+    assert np.abs(got - np.asarray(Image.open(aligned), np.int16)).max() <= 1
+    nan = run("edit", str(astronaut), "smiling", "--strength", "nan", "-o", str(tmp_path / "x"),
+              *OFFLINE_MODELS)  # fmt: skip
+    assert nan.returncode == 2 and "The strength must be a finite number, got 'nan'." in nan.stderr
+    assert not (tmp_path / "x").exists()
