@@ -46,6 +46,15 @@ def minor_page_faults() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
+def _c_library() -> tuple[str, ctypes.CDLL | None]:
+    """The C library's name, and the library itself where it is glibc on Linux (the malloc
+    this module tunes and trims); elsewhere None."""
+    libc_name, _ = platform.libc_ver()
+    if platform.system() != "Linux" or libc_name != "glibc":
+        return libc_name, None
+    return libc_name, ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+
+
 def tune_cpu_allocator(
     mmap_threshold: int = 1 << 30, trim_threshold: int = 1 << 30, arena_max: int = 1
 ) -> AllocatorSettings:
@@ -57,11 +66,10 @@ def tune_cpu_allocator(
     global _applied
     if _applied is not None and _applied.applied:
         return _applied
-    libc_name, _ = platform.libc_ver()
-    if platform.system() != "Linux" or libc_name != "glibc":
+    libc_name, libc = _c_library()
+    if libc is None:
         _applied = AllocatorSettings(False, f"C library is not glibc ({libc_name or 'unknown'})")
         return _applied
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
     wanted = {
         _M_MMAP_THRESHOLD: mmap_threshold,
         _M_TRIM_THRESHOLD: trim_threshold,
@@ -84,10 +92,9 @@ def release_free_memory() -> bool:
     """Give the memory the C library holds free back to the system (glibc's ``malloc_trim``;
     elsewhere nothing): with the tuned allocator, what a one-off job freed (loading the models,
     a refinement) would otherwise stay in the process. True where it ran."""
-    libc_name, _ = platform.libc_ver()
-    if platform.system() != "Linux" or libc_name != "glibc":
+    _, libc = _c_library()
+    if libc is None:
         return False
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
     libc.malloc_trim(0)
     return True
 

@@ -191,10 +191,10 @@ def measure_fidelity(
             skipped.append(f"{Path(path).name}: {len(inversion.faces)} faces")
             continue
         photo = inversion.crop(SIZE)
-        untuned = resize_batch(pipe.reconstruct(inversion).cpu(), SIZE).clamp(-1, 1)
+        full = pipe.reconstruct(inversion).cpu()
+        untuned = resize_batch(full, SIZE).clamp(-1, 1)
         edit = pipe.edit(inversion.wplus, prompt, strength=strength, n_samples=1)
         edited = pipe.render_edit(edit).cpu()
-        full = pipe.reconstruct(inversion).cpu()
 
         kept_start = time.perf_counter()
         kept_zero = _delivered_crop(pipe, inversion, full, full, "keep")
