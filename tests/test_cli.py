@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -167,3 +168,33 @@ def test_edit_at_strength_zero_writes_the_photo_back(astronaut, tmp_path, method
               *OFFLINE_MODELS)  # fmt: skip
     assert nan.returncode == 2 and "The strength must be a finite number, got 'nan'." in nan.stderr
     assert not (tmp_path / "x").exists()
+
+
+def test_fidelity_measures_each_method_and_the_refinement(astronaut, tmp_path):
+    """``fidelity`` on a folder, as a user runs it: the field's table (strength 0 delivered with
+    the detail kept is the photo), a refinement that brings the face closer, a photo without a
+    face named as skipped, and every figure in the JSON."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    astronaut.rename(photos / "astronaut.png")
+    Image.new("RGB", (256, 256), (128, 128, 128)).save(photos / "blank.png")
+    report = tmp_path / "fidelity.json"
+    result = run("fidelity", str(photos), "--steps", "3", "--refine-seconds", "60",
+                 "--json", str(report), *OFFLINE_MODELS)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "RANDOM WEIGHTS" in result.stdout
+    assert "| e4e + refinement + detail kept | delivered |" in result.stdout
+    figures = json.loads(report.read_text())
+    rows = {(row["method"], row["view"]): row for row in figures["rows"]}
+    # Delivered at strength 0 with the detail kept: the photo, within 1 grey level (2/255 on
+    # [-1, 1], so L2 <= (2/255)^2), against e4e's own reconstruction.
+    for method in ("e4e + detail kept", "e4e + refinement + detail kept"):
+        assert rows[(method, "delivered")]["l2"] <= (2 / 255) ** 2
+    assert rows[("e4e", "delivered")]["l2"] > 0.01
+    [refined] = figures["refinements"]
+    assert refined["photo"] == "astronaut.png" and refined["steps"] == 3
+    assert refined["stop"] == "steps"
+    assert refined["face_l2_after"] < refined["face_l2_before"]
+    tuned = rows[("e4e + refinement + detail kept", "reconstruction")]["l2"]
+    assert tuned < rows[("e4e", "reconstruction")]["l2"]
+    assert any(skipped.startswith("blank.png") for skipped in figures["skipped"])
