@@ -537,13 +537,14 @@ class CSLAPipeline:
             perceptual=perceptual_loss(allow_download),
             latent_avg=self.latent_avg,
             autocast=self._tuning_autocast,
+            impl=self.impl,
             **hooks,
         )
 
     def _tuning_autocast(self):
-        """Tuning runs in float32, or in bf16 where the pipeline computes in bf16 (a CPU
-        with native bf16, or a GPU asked for it); fp16 would need loss scaling."""
-        if self.precision == "bf16":
+        """Tuning computes as the renders do: on a CPU in the weights' dtype (``autocast``),
+        on a GPU in float32, or in bf16 where asked for; fp16 would need loss scaling."""
+        if self.precision == "bf16" and self.device.type != "cpu":
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 

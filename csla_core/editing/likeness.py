@@ -35,7 +35,7 @@ import torch.nn.functional as F
 
 from ..imaging import resize_batch
 from ..models.perceptual import load_lpips_network
-from ..models.stylegan2 import Generator
+from ..models.stylegan2 import Generator, Impl, auto_impl
 from ..models.tuning import SynthesisDelta, blocks_up_to
 
 # PTI's defaults (configs/hyperparameters.py; the regulariser's step is PTI's alpha over the
@@ -214,6 +214,7 @@ def refine_generator(
     perceptual: tuple[str, PerceptualLoss, bool] | None = None,
     latent_avg: torch.Tensor | None = None,
     autocast: Callable[[], object] | None = None,
+    impl: Impl | None = None,
     progress: Progress | None = None,
     cancelled: Callable[[], bool] | None = None,
     between_steps: Callable[[], None] | None = None,
@@ -222,7 +223,8 @@ def refine_generator(
     aligned crop) from ``wplus`` [1, n_latent, D] (see module doc); the generator is not
     changed. ``perceptual``: ``perceptual_loss()``'s result (default: looked up, offline).
     ``latent_avg`` [n_latent, D]: the regulariser's truncation centre (needed when
-    ``config.locality`` > 0). ``autocast()``: the context the renders run in."""
+    ``config.locality`` > 0). ``autocast()``: the context the renders run in; ``impl``: their
+    synthesis path (None: the device's, ``auto_impl``)."""
     config = config or RefineConfig()
     device = generator.input.input.device
     resolution = min(config.resolution or generator.size, generator.size)
@@ -238,10 +240,14 @@ def refine_generator(
     optimiser = _adam(delta, config.learning_rate)
     context = autocast or contextlib.nullcontext
     regulariser = _locality(generator, wplus, latent_avg, config, resolution, device)
+    impl = impl or auto_impl(device)
 
     def render(tuning: SynthesisDelta | None, codes=styles) -> torch.Tensor:
+        # The path every render of the face takes on this device (on a CPU the fast one: its
+        # forward and backward take 0.7x the batched path's, docs/likeness.md), so the tuning
+        # fits the renders the user is shown, rounding included.
         with context(), torch.autograd.graph.saved_tensors_hooks(_pack, _unpack):
-            image = generator.synthesize(codes, "const", resolution, impl="batched", tuning=tuning)
+            image = generator.synthesize(codes, "const", resolution, impl=impl, tuning=tuning)
         return image.float()
 
     curve: list[tuple[float, float]] = []

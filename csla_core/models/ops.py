@@ -139,6 +139,42 @@ class EqualLinear(nn.Module):
         return f"{in_dim} -> {out_dim}, lr_mul={self.lr_mul}, activation={self.activation}"
 
 
+class _DepthwiseFIR(torch.autograd.Function):
+    """``F.conv2d(x, kernel, bias, groups=C)`` for a fixed depthwise kernel [C, 1, kh, kw],
+    whose input gradient is computed as a forward convolution: the full correlation of the
+    output's gradient with the flipped kernel. On a CPU, torch's own depthwise backward takes
+    30-120x its forward's time (docs/performance.md, "Refinement step")."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, kernel: torch.Tensor, bias: torch.Tensor | None):
+        ctx.save_for_backward(kernel)
+        ctx.has_bias = bias is not None
+        return F.conv2d(x, kernel, bias, groups=kernel.shape[0])
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (kernel,) = ctx.saved_tensors
+        grad_x = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            kh, kw = kernel.shape[-2:]
+            padded = F.pad(grad, (kw - 1, kw - 1, kh - 1, kh - 1))
+            flipped = torch.flip(kernel, [2, 3])
+            grad_x = F.conv2d(padded, flipped, groups=kernel.shape[0])
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_bias = grad.sum(dim=(0, 2, 3))
+        return grad_x, None, grad_bias
+
+
+def depthwise_fir(
+    x: torch.Tensor, kernel: torch.Tensor, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Depthwise correlation of x [B, C, H, W] with ``kernel`` [C, 1, kh, kw] (no padding) plus
+    ``bias`` [C]; a kernel that needs a gradient takes torch's own backward."""
+    if kernel.requires_grad or not torch.is_grad_enabled():
+        return F.conv2d(x, kernel, bias, groups=kernel.shape[0])
+    return _DepthwiseFIR.apply(x, kernel, bias)
+
+
 def upsample2x_fir(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
     """``upfirdn2d(x, kernel, up=2, pad=(2, 1))`` for a 4x4 kernel, without materialising the
     zero-inserted image: a depthwise stride-2 transposed convolution scatters each input pixel

@@ -31,6 +31,7 @@ from .ops import (
     EqualLinear,
     PixelNorm,
     biased_leaky_relu,
+    depthwise_fir,
     make_fir_kernel,
     upfirdn2d,
     upfirdn2d_folded,
@@ -222,7 +223,10 @@ class ModulatedConv2d(nn.Module):
         scale = scale[:, :, None, None]  # [out, in, 1, 1]
         # The product is formed in float32 and rounded once to the stored dtype.
         dtype = self.weight.dtype
-        return [_channels_last((kernel * scale).to(dtype)) for kernel in kernels]
+        return [
+            (kernel * scale).to(dtype=dtype, memory_format=torch.channels_last)
+            for kernel in kernels
+        ]
 
     def fast_modulation(
         self,
@@ -297,7 +301,8 @@ class ModulatedConv2d(nn.Module):
         coef = (self.scale * gain) * s[0].to(_accurate(s.dtype))
         if not self.demodulate:
             return coef, None
-        return coef, torch.rsqrt(sum_sq @ (coef * coef) * (1.0 / gain**2) + 1e-8)
+        with torch.autocast(s.device.type, enabled=False):  # would round the product
+            return coef, torch.rsqrt(sum_sq @ (coef * coef) * (1.0 / gain**2) + 1e-8)
 
     def _weight_key(self) -> tuple:
         """Changes when W does: its storage, device, dtype or version counter."""
@@ -360,13 +365,40 @@ class ModulatedConv2d(nn.Module):
 def _unmodulated_kernels(weight: torch.Tensor, upsample: bool) -> list[torch.Tensor]:
     """The fast path's kernels of W [out, in, k, k]: W itself, or for an upsampling layer its
     four polyphase sub-kernels, channels-last (gathering them copies; a plain kernel goes to
-    channels-last in the same pass as its modulation)."""
+    channels-last in the same pass as its modulation).
+
+    Each of the nine taps goes to exactly one sub-kernel, so the four are one permutation of
+    the taps, gathered by a product with a permutation matrix (exact: products with one, sums
+    with zeros). Its backward is the transposed product; slices and flips would copy, and an
+    index list's backward scatters, several times slower (docs/likeness.md)."""
     if not upsample:
         return [weight]
-    return [
-        _channels_last(weight[:, :, POLYPHASE_TAPS[a]][:, :, :, POLYPHASE_TAPS[b]])
+    # Outside autocast, which would round a float32 (tuned) weight to a 2-byte type.
+    with torch.autocast(weight.device.type, enabled=False):
+        taps = weight.flatten(2) @ _polyphase_permutation(weight.dtype, weight.device)
+    kernels, start = [], 0
+    for a, b in POLYPHASE_ORDER:
+        rows, cols = len(POLYPHASE_TAPS[a]), len(POLYPHASE_TAPS[b])
+        kernel = taps[:, :, start : start + rows * cols].unflatten(2, (rows, cols))
+        kernels.append(_channels_last(kernel))
+        start += rows * cols
+    return kernels
+
+
+@functools.cache
+def _polyphase_permutation(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """[9, 9]: row-major 3x3 taps -> the sub-kernels' taps, row-major, in POLYPHASE_ORDER."""
+    order = [
+        3 * row + col
         for a, b in POLYPHASE_ORDER
+        for row in POLYPHASE_TAPS[a]
+        for col in POLYPHASE_TAPS[b]
     ]
+    # An ordinary tensor even when first made under inference mode: autograd saves it.
+    with torch.inference_mode(False):
+        permutation = torch.zeros(9, 9, dtype=dtype)
+        permutation[order, range(9)] = 1
+        return permutation.to(device)
 
 
 def _accurate(dtype: torch.dtype) -> torch.dtype:
@@ -487,16 +519,22 @@ class StyledConv(nn.Module):
         # In the activations' dtype: a mixed-dtype add_ is 10x slower.
         noise = None if noise is None else (noise * (self.noise.weight * gain)).to(dtype)
         if grad:
-            out = out[:, :, :h, :w]
+            # The margin is zeroed by a mask: cropping and padding again would copy the
+            # activation, and their backward would copy its gradient twice more.
             if noise is not None:
-                out = out + noise
-            return F.pad(F.leaky_relu(out, 0.2), (0, 1, 0, 1))
+                out = out + F.pad(noise, (0, 1, 0, 1))
+            return F.leaky_relu(out, 0.2) * _margin_mask(h, w, out)
         if noise is not None:
             out[:, :, :h, :w].add_(noise)
         F.leaky_relu_(out, 0.2)
         out[:, :, h, :] = 0
         out[:, :, :, w] = 0
         return out
+
+
+def _margin_mask(h: int, w: int, like: torch.Tensor) -> torch.Tensor:
+    """[1, 1, h + 1, w + 1]: one on the h x w pixels, zero on the margin."""
+    return F.pad(like.new_ones(1, 1, h, w), (0, 1, 0, 1))
 
 
 # Polyphase form of the 3x3, stride-2 transposed convolution: output row y = 2m + phase gets
@@ -554,7 +592,7 @@ def _polyphase_upsample_blur(
     kernel = torch.flip(blur_kernel, [0, 1]).to(device=device).expand(channels, 1, 4, 4)
     if out_scale is not None:
         kernel = kernel * out_scale[:, None, None, None]
-    return F.conv2d(padded, kernel.to(dtype), bias, groups=channels)
+    return depthwise_fir(padded, kernel.to(dtype), bias)
 
 
 class _BiasedLeakyReLU(nn.Module):

@@ -49,11 +49,12 @@ class SynthesisDelta:
 
     def weight(self, index: int, base: torch.Tensor) -> torch.Tensor | None:
         change = self.weights.get(index)
-        return None if change is None else base.float() + change.float()
+        # One pass: a 2-byte base is widened as it is added.
+        return None if change is None else torch.add(change.float(), base)
 
     def bias(self, index: int, base: torch.Tensor) -> torch.Tensor | None:
         change = self.biases.get(index)
-        return None if change is None else base.float() + change.float()
+        return None if change is None else torch.add(change.float(), base)
 
     def tensors(self) -> list[torch.Tensor]:
         return [*self.weights.values(), *self.biases.values()]
