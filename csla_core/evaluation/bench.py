@@ -364,8 +364,8 @@ class _Bench:
         self.refinement_stage(inversion)
 
     def refinement_stage(self, inversion) -> None:
-        """Seconds per "Refine likeness" step (Adam on the synthesis weights, the pipeline's path), as a
-        multiple of a forward render at the loss's size."""
+        """Seconds per "Refine likeness" step (Adam on the synthesis weights, through the
+        pipeline's synthesis path), as a multiple of a forward render at the loss's size."""
         from ..editing.likeness import RefineConfig
 
         pipe = self.pipe

@@ -143,7 +143,7 @@ class _DepthwiseFIR(torch.autograd.Function):
     """``F.conv2d(x, kernel, bias, groups=C)`` for a fixed depthwise kernel [C, 1, kh, kw],
     whose input gradient is computed as a forward convolution: the full correlation of the
     output's gradient with the flipped kernel. On a CPU, torch's own depthwise backward takes
-    30-120x its forward's time (docs/performance.md, "Refinement step")."""
+    30-120x its forward's time (docs/likeness.md, "Speed")."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, kernel: torch.Tensor, bias: torch.Tensor | None):
