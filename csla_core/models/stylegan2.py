@@ -590,6 +590,12 @@ def _polyphase_upsample_blur(
     buf[0, :, :, 0, 0] = 0
     padded = buf.view(1, 2 * h + 4, 2 * w + 4, channels).permute(0, 3, 1, 2)
     kernel = torch.flip(blur_kernel, [0, 1]).to(device=device).expand(channels, 1, 4, 4)
+    if out_scale is not None and torch.is_grad_enabled() and out_scale.requires_grad:
+        # A kernel that needs a gradient would take torch's depthwise backward (see
+        # ``depthwise_fir``): the scale is applied to the result instead (a quarter off the
+        # step of the optimisation fallback, whose styles need gradients).
+        out = depthwise_fir(padded, kernel.to(dtype))
+        return out * out_scale.to(dtype)[None, :, None, None] + bias[None, :, None, None]
     if out_scale is not None:
         kernel = kernel * out_scale[:, None, None, None]
     return depthwise_fir(padded, kernel.to(dtype), bias)
