@@ -104,9 +104,9 @@ def test_every_path_gives_the_same_gradients():
 
 
 def test_a_tuned_weight_is_rounded_once_under_autocast():
-    """Tuning runs under bf16 autocast where the app computes in bf16; a tuned weight's change
-    (far below a bf16 step of the weight) must reach the kernels, which are formed in float32
-    and rounded once, as outside autocast."""
+    """A GPU asked for bf16 tunes under autocast, and any caller may render under it; a tuned
+    weight's change (far below a bf16 step of the weight) must reach the kernels, which are
+    formed in float32 and rounded once, as outside autocast."""
     generator = _small_generator().prepare_synthesis(torch.bfloat16)
     layer = generator.convs[2].conv  # an upsampling layer: its polyphase kernels are gathered
     assert layer.upsample
