@@ -78,13 +78,17 @@ def test_every_path_gives_the_same_gradients():
     path's maths: the gradients of a tuning and of the styles agree. In float64: this random
     network's gradients of the 4-16 px blocks are small sums of large terms, which amplify
     rounding about 3e4 times (float32: 2e-3 apart); in float64 measured 1e-14, bound 1e-9."""
-    generator = _small_generator().double()
+    # Weights stored as the fast path stores them (channels-last), and so the tuning's.
+    generator = _small_generator().double().prepare_synthesis(torch.float64)
     torch.manual_seed(1)
     w = torch.randn(1, 64, dtype=torch.float64)
     weights = torch.randn(1, 3, 32, 32, dtype=torch.float64)
     start = SynthesisDelta.zeros(generator, blocks_up_to(generator, 32))
     with torch.no_grad():
         start = start.map(lambda t: t.double().normal_(0, 0.05))
+    assert all(
+        t[0].is_contiguous(memory_format=torch.channels_last) for t in start.weights.values()
+    )
     grads = {}
     for impl in ("reference", "batched", "fast"):
         delta = start.map(lambda t: t.clone().requires_grad_(True))
@@ -119,8 +123,8 @@ def test_a_tuned_weight_is_rounded_once_under_autocast():
 
 
 def test_a_face_rendered_under_inference_mode_can_then_be_refined():
-    """The app renders under inference mode before a refinement; nothing made there (cached
-    kernels, constants) may reach the tuning's autograd graph."""
+    """The app renders under inference mode before a refinement or an optimised edit; nothing
+    made there (cached kernels, constants) may reach their autograd graphs."""
     from csla_core.models.stylegan2 import _polyphase_permutation
 
     _polyphase_permutation.cache_clear()  # so that it is first made below
@@ -128,6 +132,10 @@ def test_a_face_rendered_under_inference_mode_can_then_be_refined():
     wplus = generator.to_wplus(torch.randn(1, 64))
     with torch.inference_mode():
         generator(wplus, impl="fast")
+    # The optimisation fallback: the styles need gradients, the shared kernels do not.
+    styles = [s.detach().requires_grad_(True) for s in generator.styles_from_wplus(wplus)]
+    generator.synthesize(styles, "const", 32, impl="fast").square().sum().backward()
+    assert all(s.grad is not None and s.grad.abs().sum() > 0 for s in styles[:11])
     config = RefineConfig(steps=2, seconds=None, resolution=32)
     result = refine_generator(generator, wplus, torch.zeros(1, 3, 64, 64), config, impl="fast")
     assert result.steps == 2

@@ -217,7 +217,14 @@ class ModulatedConv2d(nn.Module):
         """``gain * modulated_weight(s, weight)[0]`` for one sample s [1, in], as channels-last
         ``conv2d`` weights [out, in, kh, kw] in the stored weight's dtype: the whole kernel, or
         for an upsampling layer its four polyphase sub-kernels (see ``POLYPHASE_TAPS``)."""
-        kernels, sum_sq = self._fast_kernels(weight=weight)
+        if weight is not None:
+            coef = self._coef(s, gain)
+            return list(
+                _TunedKernels.apply(
+                    weight, coef, gain, self.demodulate, self.upsample, self.weight.dtype
+                )
+            )
+        kernels, sum_sq = self._fast_kernels()
         coef, demod = self._fast_scales(s, gain, sum_sq)
         scale = coef[None, :] if demod is None else demod[:, None] * coef[None, :]
         scale = scale[:, :, None, None]  # [out, in, 1, 1]
@@ -298,11 +305,15 @@ class ModulatedConv2d(nn.Module):
         (k, k) of W^2: a matrix-vector product with ``sum_sq``, the per-tap sum of squares
         (``_fast_kernels``), so the full weight is never squared per call.
         """
-        coef = (self.scale * gain) * s[0].to(_accurate(s.dtype))
+        coef = self._coef(s, gain)
         if not self.demodulate:
             return coef, None
         with torch.autocast(s.device.type, enabled=False):  # would round the product
             return coef, torch.rsqrt(sum_sq @ (coef * coef) * (1.0 / gain**2) + 1e-8)
+
+    def _coef(self, s: torch.Tensor, gain: float) -> torch.Tensor:
+        """The per-input-channel factor ``scale * gain * s`` [in] of one sample s [1, in]."""
+        return (self.scale * gain) * s[0].to(_accurate(s.dtype))
 
     def _weight_key(self) -> tuple:
         """Changes when W does: its storage, device, dtype or version counter."""
@@ -310,27 +321,26 @@ class ModulatedConv2d(nn.Module):
         return (w.data_ptr(), w.device, w.dtype, w._version)
 
     def _fast_kernels(
-        self, with_kernels: bool = True, weight: torch.Tensor | None = None
+        self, with_kernels: bool = True
     ) -> tuple[list[torch.Tensor] | None, torch.Tensor]:
         """(unmodulated kernels, per-tap float32 sum of squares [out, in]); no kernels with
-        ``with_kernels=False`` (the layers that use them prepacked). Outside autograd they are
-        cached until W changes (its version counter or storage; an in-place edit through
-        ``.data`` bypasses both, as it does autograd's checks). A ``weight`` given instead of
-        the layer's own ([1, out, in, k, k], kept in at least float32) is never cached."""
-        if weight is not None:
-            w = weight[0].to(_accurate(weight.dtype))
-            return _unmodulated_kernels(w, self.upsample), w.pow(2).sum(dim=(2, 3))
+        ``with_kernels=False`` (the layers that use them prepacked). Unless W needs a gradient
+        they are cached until W changes (its version counter or storage; an in-place edit
+        through ``.data`` bypasses both, as it does autograd's checks)."""
         grad = torch.is_grad_enabled()
+        trained = grad and self.weight.requires_grad
         key = self._weight_key()
-        cached = None if grad else getattr(self, "_fast_cache", None)
+        cached = None if trained else getattr(self, "_fast_cache", None)
         stale = cached is None or cached[0] != key
+        if not stale and grad and cached[2].is_inference():
+            stale = True  # made under inference mode: autograd may not save it
         if stale or (with_kernels and cached[1] is None):
-            # Under autograd the kernels must be computed from the parameter itself.
-            weight = self.weight[0] if grad else self.weight[0].detach()
-            sum_sq = weight.to(_accurate(weight.dtype)).pow(2).sum(dim=(2, 3))
+            # A weight being trained gives kernels computed from the parameter itself.
+            weight = self.weight[0] if trained else self.weight[0].detach()
+            sum_sq = _sum_of_squares(weight.to(_accurate(weight.dtype)))
             kernels = _unmodulated_kernels(weight, self.upsample) if with_kernels else None
             cached = (key, kernels, sum_sq)
-            if not grad:
+            if not trained:
                 # A plain attribute, not a buffer: never saved in a checkpoint.
                 object.__setattr__(self, "_fast_cache", cached)
         return cached[1], cached[2]
@@ -383,6 +393,112 @@ def _unmodulated_kernels(weight: torch.Tensor, upsample: bool) -> list[torch.Ten
         kernels.append(_channels_last(kernel))
         start += rows * cols
     return kernels
+
+
+def _sum_of_squares(weight: torch.Tensor) -> torch.Tensor:
+    """Sum over the taps of W [out, in, k, k] squared, [out, in] (demodulation's input),
+    accumulated one tap at a time: no temporary the size of W."""
+    taps = weight.permute(0, 2, 3, 1)
+    total = torch.zeros_like(taps[:, 0, 0], memory_format=torch.contiguous_format)
+    for row in range(taps.shape[1]):
+        for col in range(taps.shape[2]):
+            total.addcmul_(taps[:, row, col], taps[:, row, col])
+    return total
+
+
+def _kernel_taps(kernel_size: int, upsample: bool) -> list[tuple[list[int], list[int]]]:
+    """(kernel rows, kernel columns) of each fast-path kernel of W (``fast_weights`` order)."""
+    if upsample:
+        return [(POLYPHASE_TAPS[a], POLYPHASE_TAPS[b]) for a, b in POLYPHASE_ORDER]
+    return [(list(range(kernel_size)), list(range(kernel_size)))]
+
+
+class _TunedKernels(torch.autograd.Function):
+    """``fast_weights`` for a given weight W [1, out, in, k, k] (float32 or float64) and the
+    factor ``coef`` [in] (``_coef``): the kernels of ``W * scale``, with scale [out, in] =
+    demod [out] * coef [in] (or coef alone), rounded once to ``dtype``, channels-last.
+
+    A tuning back-propagates through this for every tuned layer at every step. Left to
+    autograd the weight side took about a fifth of a CPU step: a dozen passes over each tuned
+    weight (squares, products, their saved copies, layout changes, the gathers' backward).
+    Here the forward makes each kernel in one pass from W, and the backward computes
+    dL/dW = G * scale + 2 W * dL/d(sum of squares) in two in-place passes over the
+    gathered gradient G, W's layout kept throughout (a channels-last W, as a tuning's is,
+    is never transposed). W and the small factors are held on ``ctx`` rather than saved:
+    saved tensors go through the tuning's hooks, which keep large ones in bfloat16
+    (``likeness._pack``), and these must stay exact.
+    """
+
+    @staticmethod
+    def forward(ctx, weight, coef, gain, demodulate, upsample, dtype):
+        with torch.autocast(weight.device.type, enabled=False):  # would round the products
+            w = weight[0].to(_accurate(weight.dtype))
+            taps = w.permute(0, 2, 3, 1)  # [out, k, k, in]: contiguous when W is channels-last
+            out_channels, in_channels = w.shape[:2]
+            demod = sum_sq = None
+            if demodulate:
+                sum_sq = _sum_of_squares(w)
+                demod = torch.rsqrt(sum_sq @ (coef * coef) * (1.0 / gain**2) + 1e-8)
+                scale = demod[:, None] * coef[None, :]
+            else:
+                scale = coef[None, :].expand(out_channels, in_channels)
+            kernels = []
+            for rows, cols in _kernel_taps(w.shape[-1], upsample):
+                out = w.new_empty(out_channels, len(rows), len(cols), in_channels, dtype=dtype)
+                if not upsample:
+                    torch.mul(taps, scale[:, None, None], out=out)
+                else:
+                    for r, row in enumerate(rows):
+                        for c, col in enumerate(cols):
+                            torch.mul(taps[:, row, col], scale, out=out[:, r, c])
+                kernels.append(out.permute(0, 3, 1, 2))  # channels-last [out, in, kh, kw]
+        ctx.weight, ctx.coef, ctx.demod, ctx.sum_sq = w, coef, demod, sum_sq
+        ctx.gain, ctx.upsample, ctx.weight_dtype = gain, upsample, weight.dtype
+        return tuple(kernels)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        w, coef, demod, gain = ctx.weight, ctx.coef, ctx.demod, ctx.gain
+        need_weight, need_coef = ctx.needs_input_grad[:2]
+        with torch.autocast(w.device.type, enabled=False):
+            taps = w.permute(0, 2, 3, 1)
+            # G = dL/d(W * scale), gathered from the kernels' gradients, as [out, k, k, in].
+            # Every tap belongs to exactly one kernel: zeros only where a kernel had no gradient.
+            make = torch.zeros_like if any(grad is None for grad in grads) else torch.empty_like
+            g = make(taps, memory_format=torch.contiguous_format)
+            for (rows, cols), grad in zip(_kernel_taps(w.shape[-1], ctx.upsample), grads):
+                if grad is None:
+                    continue
+                grad = grad.permute(0, 2, 3, 1)
+                for r, row in enumerate(rows):
+                    for c, col in enumerate(cols):
+                        g[:, row, col].copy_(grad[:, r, c])
+            scale = coef[None, :] if demod is None else demod[:, None] * coef[None, :]
+            # dL/dscale [out, in] = sum over the taps of G * W, one tap at a time (no
+            # temporary the size of W).
+            d_scale = torch.zeros_like(scale.expand_as(g[:, 0, 0]))
+            for row in range(taps.shape[1]):
+                for col in range(taps.shape[2]):
+                    d_scale.addcmul_(g[:, row, col], taps[:, row, col])
+            grad_coef = grad_weight = None
+            if demod is None:
+                d_sum_sq = None
+                if need_coef:
+                    grad_coef = d_scale.sum(0)
+            else:
+                # demod = (sum_sq @ coef^2 / gain^2 + eps)^(-1/2)
+                d_demod = (d_scale * coef[None, :]).sum(1)
+                d_v = d_demod * (-0.5) * demod**3 * (1.0 / gain**2)  # [out]
+                d_sum_sq = d_v[:, None] * (coef * coef)[None, :]
+                if need_coef:
+                    grad_coef = (d_scale * demod[:, None]).sum(0)
+                    grad_coef += 2 * coef * (d_v[:, None] * ctx.sum_sq).sum(0)
+            if need_weight:
+                g.mul_(scale[:, None, None])
+                if d_sum_sq is not None:
+                    g.addcmul_(taps, 2 * d_sum_sq[:, None, None])
+                grad_weight = g.permute(0, 3, 1, 2)[None].to(ctx.weight_dtype)
+        return grad_weight, grad_coef, None, None, None, None
 
 
 @functools.cache
@@ -519,8 +635,10 @@ class StyledConv(nn.Module):
         # In the activations' dtype: a mixed-dtype add_ is 10x slower.
         noise = None if noise is None else (noise * (self.noise.weight * gain)).to(dtype)
         if grad:
-            # The margin is zeroed by a mask: cropping and padding again would copy the
-            # activation, and their backward would copy its gradient twice more.
+            # The margin is zeroed in place in the activation's result (its backward reads
+            # only its input): cropping and padding again would copy the activation, and
+            # their backward would copy its gradient twice more; a mask broadcast over the
+            # channels took 3x a copy.
             if noise is not None:
                 out = out + F.pad(noise, (0, 1, 0, 1))
             return F.leaky_relu(out, 0.2) * _margin_mask(h, w, out)

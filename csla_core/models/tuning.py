@@ -41,7 +41,11 @@ class SynthesisDelta:
         delta = cls()
         for i in blocks:
             block = every[i]
-            delta.weights[i] = torch.zeros(block.conv.weight.shape, device=device)
+            # In the stored weight's layout (channels-last for the fast path): the tuned weight
+            # and its gradient then keep it, and are never transposed.
+            delta.weights[i] = torch.zeros_like(
+                block.conv.weight, dtype=torch.float32, device=device
+            )
             delta.biases[i] = torch.zeros(block_bias(block).shape, device=device)
         for t in delta.tensors():
             t.requires_grad_(True)
