@@ -61,12 +61,16 @@ def test_every_shared_photo_comes_back_at_strength_zero(service):
     checked = []
     for number, photo in enumerate(photos):
         cache = session_cache(None)
-        request = EditRequest.clean(str(photo), "smiling", strength=0, samples=2)
+        # Two results on every third photo (each is checked; the test of every path below makes
+        # three): after the inversion, rendering is most of a photo's time here.
+        samples = 1 if number % 3 else 2
+        request = EditRequest.clean(str(photo), "smiling", strength=0, samples=samples)
         try:
             pasted = list(service.edit_steps(cache, request))[-1]
         except NoFaceError:
             continue  # no usable face (a 160 px crop): nothing to edit
         upload = load_image(photo)
+        assert len(pasted.items) == samples
         for image, _caption in pasted.items:
             assert grey_levels_apart(image, upload) <= 1, photo.name
         checked.append(photo.name)
