@@ -69,8 +69,10 @@ def default_faults() -> list[int]:
 @glibc_only
 def test_allocator_tuning_lets_renders_reuse_freed_memory(default_faults):
     tuned = _faults("tuned")
-    # Measured: 134,000-138,000 then about 33,000 while the heap grows, then 0-1 per render.
-    assert tuned[-1] < default_faults[-1] / 100
+    # Measured: 60,000-90,000 then 10,000-17,000 while the heap grows, then 0-120 per render,
+    # though now and then one render faults about one band in again (a CI run: 3,939 on the
+    # fifth render; 8,000-9,000 on the third in scratch runs): the median of the last three.
+    assert sorted(tuned[2:])[1] < default_faults[-1] / 100, tuned
 
 
 @glibc_only
