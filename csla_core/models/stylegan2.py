@@ -308,8 +308,7 @@ class ModulatedConv2d(nn.Module):
         coef = self._coef(s, gain)
         if not self.demodulate:
             return coef, None
-        with torch.autocast(s.device.type, enabled=False):  # would round the product
-            return coef, torch.rsqrt(sum_sq @ (coef * coef) * (1.0 / gain**2) + 1e-8)
+        return coef, _demodulation(sum_sq, coef, gain)
 
     def _coef(self, s: torch.Tensor, gain: float) -> torch.Tensor:
         """The per-input-channel factor ``scale * gain * s`` [in] of one sample s [1, in]."""
@@ -406,6 +405,13 @@ def _sum_of_squares(weight: torch.Tensor) -> torch.Tensor:
     return total
 
 
+def _demodulation(sum_sq: torch.Tensor, coef: torch.Tensor, gain: float) -> torch.Tensor:
+    """demod [out] = (sum over in of sum_sq * coef^2 / gain^2 + eps)^(-1/2), for the per-tap
+    sum of squares [out, in] and the per-input factor coef [in] (which includes ``gain``)."""
+    with torch.autocast(sum_sq.device.type, enabled=False):  # would round the product
+        return torch.rsqrt(sum_sq @ (coef * coef) * (1.0 / gain**2) + 1e-8)
+
+
 def _kernel_taps(kernel_size: int, upsample: bool) -> list[tuple[list[int], list[int]]]:
     """(kernel rows, kernel columns) of each fast-path kernel of W (``fast_weights`` order)."""
     if upsample:
@@ -438,7 +444,7 @@ class _TunedKernels(torch.autograd.Function):
             demod = sum_sq = None
             if demodulate:
                 sum_sq = _sum_of_squares(w)
-                demod = torch.rsqrt(sum_sq @ (coef * coef) * (1.0 / gain**2) + 1e-8)
+                demod = _demodulation(sum_sq, coef, gain)
                 scale = demod[:, None] * coef[None, :]
             else:
                 scale = coef[None, :].expand(out_channels, in_channels)
@@ -635,10 +641,8 @@ class StyledConv(nn.Module):
         # In the activations' dtype: a mixed-dtype add_ is 10x slower.
         noise = None if noise is None else (noise * (self.noise.weight * gain)).to(dtype)
         if grad:
-            # The margin is zeroed in place in the activation's result (its backward reads
-            # only its input): cropping and padding again would copy the activation, and
-            # their backward would copy its gradient twice more; a mask broadcast over the
-            # channels took 3x a copy.
+            # The margin is zeroed by a mask: cropping and padding again would copy the
+            # activation, and their backward would copy its gradient twice more.
             if noise is not None:
                 out = out + F.pad(noise, (0, 1, 0, 1))
             return F.leaky_relu(out, 0.2) * _margin_mask(h, w, out)
