@@ -35,7 +35,13 @@ RANDOM_WEIGHTS_NOTICE = (
     "images are noise, not faces. Run `python -m csla_core download` for the real weights."
 )
 ENCODER_INPUT_SIZE = 256
-PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+# What each precision computes in ("fp32-compact" only stores some weights in bf16).
+PRECISIONS = {
+    "fp32": torch.float32,
+    "fp32-compact": torch.float32,
+    "fp16": torch.float16,
+    "bf16": torch.bfloat16,
+}
 
 
 @dataclass
@@ -70,7 +76,8 @@ class CSLAPipeline:
     clip: ClipEmbedder | None = None
     mappers: CSLAMappers | None = None  # None: edits fall back to the optimisation baseline
     baseline_steps: int = 40  # optimisation steps of the fallback editor (StyleCLIP uses ~300)
-    # "fp32" (reference numerics), "bf16" or "fp16" (CUDA), as ``runtime.choose_precision``
+    # "fp32" (reference numerics), "fp32-compact" (fp32 maths, some weights stored in bf16:
+    # ``loading.store_compact``), "bf16" or "fp16" (CUDA), as ``runtime.choose_precision``
     # chose it. On a CPU the weights are stored in it (``loading.use_cpu_precision``); on a GPU
     # it is autocast. Returned tensors are float32 either way.
     precision: str = "fp32"
@@ -117,7 +124,7 @@ class CSLAPipeline:
     def autocast(self):
         """The precision context every model call runs in (on a CPU the weights' dtype
         decides: nothing to enter)."""
-        if self.precision == "fp32" or self.device.type == "cpu":
+        if PRECISIONS[self.precision] == torch.float32 or self.device.type == "cpu":
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=PRECISIONS[self.precision])
 

@@ -155,7 +155,10 @@ def allocator_settings() -> AllocatorSettings:
 
 # ---------------------------------------------------------------------- precision
 PRECISION_ENV = "CSLA_PRECISION"
-PRECISION_CHOICES = ("auto", "fp32", "bf16", "fp16")
+PRECISION_CHOICES = ("auto", "fp32", "fp32-compact", "bf16", "fp16")
+# What "auto" picks on a CPU without fast bf16: fp32 maths, with the models that run once per
+# photo or prompt (the encoder's style blocks, CLIP) stored in bf16 (about 0.7 GB less).
+COMPACT_FP32 = "fp32-compact"
 # bf16 is chosen only when its convolutions take at most this share of fp32's time: a CPU that
 # emulates bf16 (no AVX512-BF16 / AMX) is slower in it, and a marginal gain is not worth the
 # rounding.
@@ -167,7 +170,7 @@ class PrecisionChoice:
     """The precision the models compute in, and why (shown by the bench, the app's log and
     ``CSLAPipeline.precision_reason``)."""
 
-    precision: str  # "fp32", "bf16" or "fp16"
+    precision: str  # one of PRECISION_CHOICES but "auto"
     reason: str
 
 
@@ -209,12 +212,13 @@ def bf16_conv_speed() -> tuple[float, float]:
 
 
 def choose_precision(requested: str, device_type: str) -> PrecisionChoice:
-    """What ``requested`` ("auto", "fp32", "bf16", "fp16") means on this device.
+    """What ``requested`` (one of ``PRECISION_CHOICES``) means on this device.
 
     "auto" (the default; the ``CSLA_PRECISION`` variable overrides it): on a CPU, bf16 where
     the CPU has native bf16 (AVX512-BF16 or AMX) and its convolutions measure faster than
-    fp32's (``bf16_conv_speed``), else fp32; on a GPU, fp32 (reduced precision there is asked
-    for by name). fp16 needs a CUDA GPU.
+    fp32's (``bf16_conv_speed``), else fp32-compact (fp32 maths; the encoder's style blocks
+    and CLIP's matrices stored in bf16, for the memory budget); on a GPU, fp32 (reduced
+    precision there is asked for by name). "fp32" is exact. fp16 needs a CUDA GPU.
     """
     import os
 
@@ -231,12 +235,14 @@ def choose_precision(requested: str, device_type: str) -> PrecisionChoice:
         return PrecisionChoice("fp32", f"auto: fp32 on {device_type} (ask for fp16 or bf16)")
     flags = native_bf16_flags()
     if not flags:
-        return PrecisionChoice("fp32", "auto: this CPU has no native bf16 (AVX512-BF16 or AMX)")
+        return PrecisionChoice(
+            COMPACT_FP32, "auto: this CPU has no native bf16 (AVX512-BF16 or AMX)"
+        )
     fp32_s, bf16_s = bf16_conv_speed()
     measured = f"bf16 convolutions take {bf16_s / fp32_s:.2f}x fp32's time"
     if bf16_s <= _BF16_TIME_SHARE * fp32_s:
         return PrecisionChoice("bf16", f"auto: native bf16 ({' '.join(flags)}); {measured}")
-    return PrecisionChoice("fp32", f"auto: {measured} here, not worth the rounding")
+    return PrecisionChoice(COMPACT_FP32, f"auto: {measured} here, not worth the rounding")
 
 
 def exact_cuda_fp32() -> str:

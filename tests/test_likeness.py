@@ -114,12 +114,27 @@ def test_a_tuned_weight_is_rounded_once_under_autocast():
     generator = _small_generator().prepare_synthesis(torch.bfloat16)
     layer = generator.convs[2].conv  # an upsampling layer: its polyphase kernels are gathered
     assert layer.upsample
-    weight = layer.weight.float() + 1e-4 * torch.randn(layer.weight.shape)
+    change = 1e-4 * torch.randn(layer.weight.shape)
     s = torch.rand(1, layer.in_channels) + 0.5
-    plain = layer.fast_weights(s, weight=weight)
+    plain = layer.fast_weights(s, change=change)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        autocast = layer.fast_weights(s, weight=weight)
+        autocast = layer.fast_weights(s, change=change)
     assert all(torch.equal(a, b) for a, b in zip(autocast, plain))
+    assert not torch.equal(plain[0], layer.fast_weights(s)[0])  # the change reached them
+
+
+def test_a_tuning_changed_before_its_backward_pass_is_refused():
+    """The fast path makes a tuned weight again in the backward pass, from the change it
+    holds (not saved through autograd): a change modified in place in between would give a
+    wrong gradient without a word, so it raises, as autograd does for what it saves."""
+    generator = _small_generator()
+    styles = generator.styles_from_wplus(generator.to_wplus(torch.randn(1, 64)))
+    delta = SynthesisDelta.zeros(generator, blocks_up_to(generator, 32))
+    image = generator.synthesize(styles, "const", 32, impl="fast", tuning=delta)
+    with torch.no_grad():
+        delta.weights[max(delta.weights)].add_(1e-3)
+    with pytest.raises(RuntimeError, match="modified in place"):
+        image.sum().backward()
 
 
 def test_a_face_rendered_under_inference_mode_can_then_be_refined():

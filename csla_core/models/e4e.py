@@ -103,9 +103,13 @@ class GradualStyleBlock(nn.Module):
         self.linear = EqualLinear(channels, channels, lr_mul=1.0)
         self.channels = channels
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # The convolutions may be stored in bf16 (``Encoder4Editing.prepare_heads``).
-        x = self.convs(x.to(self.convs[0].weight.dtype))
+    def forward(self, x: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """``dtype``: what the convolutions compute in (default: their weights' dtype, which
+        may be bf16, ``Encoder4Editing.prepare_heads``); weights stored narrower are widened
+        one convolution at a time."""
+        x = x.to(dtype or self.convs[0].weight.dtype)
+        for conv, act in zip(self.convs[::2], self.convs[1::2]):
+            x = act(F.conv2d(x, conv.weight.to(x.dtype), conv.bias.to(x.dtype), 2, 1))
         return self.linear(x.reshape(-1, self.channels).to(self.linear.weight.dtype))
 
 
@@ -155,6 +159,7 @@ class Encoder4Editing(nn.Module):
                 storage = [(weight[rows], bias[rows]) for weight, bias in layers]
                 self.styles.append(GradualStyleBlock(dim, spatial, storage))
         self._stacked_views = self._views()
+        self.heads_dtype = torch.float32  # what the style blocks compute in (prepare_heads)
         self.latlayer1 = nn.Conv2d(256, dim, 1)
         self.latlayer2 = nn.Conv2d(128, dim, 1)
         # Channels-last, the layout oneDNN's CPU convolutions compute in: no reorder of the
@@ -188,11 +193,17 @@ class Encoder4Editing(nn.Module):
                     views.append((conv.bias, bias[k * step :].data_ptr()))
         return views
 
-    def prepare_heads(self, dtype: torch.dtype = torch.float32) -> Encoder4Editing:
+    def prepare_heads(
+        self, dtype: torch.dtype = torch.float32, compute_dtype: torch.dtype | None = None
+    ) -> Encoder4Editing:
         """Store the style blocks' convolutions stacked in ``dtype``, one layer at a time, so
-        that no more than one layer is ever held twice. The backbone stays float32: its 24
-        residual units each add their rounding, which in bf16 brings the codes too near the
-        2e-2 bound (docs/performance.md, "Reduced precision on CPU")."""
+        that no more than one layer is ever held twice. They compute in ``compute_dtype``
+        (default: ``dtype``); a narrower ``dtype`` then only stores them, and each block's
+        weights are widened as it runs (bf16 storage, float32 maths: half the memory of the
+        encoder's 231 M head weights). The backbone stays float32: its 24 residual units each
+        add their rounding, which in bf16 brings the codes too near the 2e-2 bound
+        (docs/performance.md, "Reduced precision on CPU")."""
+        self.heads_dtype = compute_dtype or dtype
         if self._views_intact() and self._stacked[0][2][0][0].dtype == dtype:
             return self  # already stacked in dtype
         for _, group, layers in self._stacked:
@@ -212,9 +223,12 @@ class Encoder4Editing(nn.Module):
     def _apply(self, fn, recurse: bool = True) -> Encoder4Editing:
         # ``.to()``, ``.cuda()``, ``.double()`` ... convert each parameter on its own: stack
         # them again where they now are, which also lets the old stacked tensors go.
+        stored = self.styles[0].convs[0].weight.dtype if self._stacked else None
         super()._apply(fn, recurse)
         if self._stacked and not self._views_intact():
-            self.prepare_heads(self.styles[0].convs[0].weight.dtype)
+            now = self.styles[0].convs[0].weight.dtype
+            # A new dtype (``.half()``, ``.to(dtype)``) is also what they compute in.
+            self.prepare_heads(now, self.heads_dtype if now == stored else now)
         return self
 
     def _views_intact(self) -> bool:
@@ -256,7 +270,10 @@ class Encoder4Editing(nn.Module):
             codes = torch.cat(outs, dim=1)  # [B, n_styles, 512]: the blocks' linear layers to go
             rows = [self.styles[i].linear(codes[:, i]) for i in range(self.n_styles)]
         else:
-            rows = [self.styles[i](features[k]) for k, g in enumerate(self._groups()) for i in g]
+            heads = self.heads_dtype
+            rows = [
+                self.styles[i](features[k], heads) for k, g in enumerate(self._groups()) for i in g
+            ]
         base = rows[0]
         return torch.stack([base] + [base + row for row in rows[1:]], dim=1)
 
@@ -267,14 +284,22 @@ class Encoder4Editing(nn.Module):
         linear layers: [B, blocks, C] in float32."""
         blocks = layers[0][0].shape[0] // x.shape[1]
         slope = self.styles[0].convs[1].negative_slope
-        x = x.to(layers[0][0].dtype).contiguous(memory_format=torch.channels_last)
-        weight, bias = layers[0]  # the blocks' first convolutions read the same x: one call
-        x = F.leaky_relu(F.conv2d(x, weight, bias, stride=2, padding=1), slope)
+        dtype = self.heads_dtype
+        x = x.to(dtype).contiguous(memory_format=torch.channels_last)
+        weight, bias = layers[0]
+        if weight.dtype == dtype:  # the blocks' first convolutions read the same x: one call
+            x = F.conv2d(x, weight, bias, stride=2, padding=1)
+        else:  # stored narrower: widened a block at a time, never the whole group at once
+            parts = zip(weight.chunk(blocks), bias.chunk(blocks))
+            x = torch.cat([F.conv2d(x, w.to(dtype), b.to(dtype), 2, 1) for w, b in parts], 1)
+        x = F.leaky_relu(x, slope)
         # The later ones block by block, on views of the stacked weights: oneDNN's grouped
         # convolution took 2-12x the time of the same convolutions one by one at these sizes
         # (docs/performance.md, "The e4e style blocks").
         for weight, bias in layers[1:]:
             parts = zip(x.chunk(blocks, dim=1), weight.chunk(blocks), bias.chunk(blocks))
-            x = torch.cat([F.conv2d(xi, wi, bi, stride=2, padding=1) for xi, wi, bi in parts], 1)
+            x = torch.cat(
+                [F.conv2d(xi, wi.to(dtype), bi.to(dtype), 2, 1) for xi, wi, bi in parts], 1
+            )
             x = F.leaky_relu(x, slope)
         return x.reshape(x.shape[0], blocks, -1).to(self.styles[0].linear.weight.dtype)

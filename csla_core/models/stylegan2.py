@@ -64,17 +64,23 @@ BLUR_TAPS = (1, 3, 3, 1)
 
 
 class SynthesisTuning(Protocol):
-    """Changes to the synthesis weights that a render applies without touching the shared
-    module (one face's pivotal tuning, ``csla_core.models.tuning``). ``index`` is a style
-    layer's place in ``Generator._style_layers()``; None: the layer's own tensor."""
+    """Changes added to the synthesis weights by a render, without touching the shared module
+    (one face's pivotal tuning, ``csla_core.models.tuning``). ``index`` is a style layer's
+    place in ``Generator._style_layers()``; None: that tensor is not changed."""
 
-    def weight(self, index: int, base: torch.Tensor) -> torch.Tensor | None: ...
+    def weight_change(self, index: int) -> torch.Tensor | None: ...
 
-    def bias(self, index: int, base: torch.Tensor) -> torch.Tensor | None: ...
+    def bias_change(self, index: int) -> torch.Tensor | None: ...
 
 
-# (weight, bias) a layer uses instead of its own (None in either place, or None: its own).
+# (weight change, bias change) added to a layer's own (None in either place, or None: none).
 LayerParams = tuple[torch.Tensor | None, torch.Tensor | None] | None
+
+
+def _plus(base: torch.Tensor, change: torch.Tensor | None) -> torch.Tensor:
+    """base + change, at least in float32: a change is small, so a 2-byte base (or change) is
+    widened as it is added (in one pass) rather than the sum rounded."""
+    return base if change is None else torch.add(change.to(_accurate(change.dtype)), base)
 
 
 @dataclass(frozen=True)
@@ -212,17 +218,16 @@ class ModulatedConv2d(nn.Module):
         return weight
 
     def fast_weights(
-        self, s: torch.Tensor, gain: float = 1.0, weight: torch.Tensor | None = None
+        self, s: torch.Tensor, gain: float = 1.0, change: torch.Tensor | None = None
     ) -> list[torch.Tensor]:
-        """``gain * modulated_weight(s, weight)[0]`` for one sample s [1, in], as channels-last
-        ``conv2d`` weights [out, in, kh, kw] in the stored weight's dtype: the whole kernel, or
-        for an upsampling layer its four polyphase sub-kernels (see ``POLYPHASE_TAPS``)."""
-        if weight is not None:
+        """``gain * modulated_weight(s, W)[0]`` for one sample s [1, in] and W the layer's
+        weight plus ``change`` (a tuning's), as channels-last ``conv2d`` weights
+        [out, in, kh, kw] in the stored weight's dtype: the whole kernel, or for an upsampling
+        layer its four polyphase sub-kernels (see ``POLYPHASE_TAPS``)."""
+        if change is not None:
             coef = self._coef(s, gain)
             return list(
-                _TunedKernels.apply(
-                    weight, coef, gain, self.demodulate, self.upsample, self.weight.dtype
-                )
+                _TunedKernels.apply(change, self.weight, coef, gain, self.demodulate, self.upsample)
             )
         kernels, sum_sq = self._fast_kernels()
         coef, demod = self._fast_scales(s, gain, sum_sq)
@@ -240,7 +245,7 @@ class ModulatedConv2d(nn.Module):
         s: torch.Tensor,
         gain: float,
         input_shape: torch.Size,
-        weight: torch.Tensor | None = None,
+        change: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor | None, list[torch.Tensor], torch.Tensor | None]:
         """How one sample s [1, in] is applied to the fast path's input x (``input_shape``
         [1, in, h + 1, w + 1]: h x w pixels and a zero margin), as (input scale [in] or None,
@@ -252,15 +257,14 @@ class ModulatedConv2d(nn.Module):
         layers, which hold three quarters of the weights) the activations are the cheaper
         side, and the unmodulated kernels are used as stored, never modulated: on a CPU they
         are reordered once into oneDNN's own layout for this input (``_prepacked_kernels``).
-        A ``weight`` given instead of the layer's own (a tuned one) is modulated as a whole,
-        never cached.
+        A weight with a tuning's ``change`` added is modulated as a whole, never cached.
         """
         pixels = (input_shape[-2] - 1) * (input_shape[-1] - 1)
         small = pixels < self.kernel_size**2 * self.out_channels
         # A tuned weight is always modulated in float32 and rounded once: rounded on its own to
         # a 2-byte type, its small change from a weight stored in that type would be lost.
-        if not self.demodulate or not small or weight is not None:
-            return None, self.fast_weights(s, gain, weight), None
+        if not self.demodulate or not small or change is not None:
+            return None, self.fast_weights(s, gain, change), None
         _, sum_sq = self._fast_kernels(with_kernels=False)
         coef, demod = self._fast_scales(s, 1.0, sum_sq)
         return coef.to(self.weight.dtype), self._prepacked_kernels(input_shape), demod * gain
@@ -420,9 +424,10 @@ def _kernel_taps(kernel_size: int, upsample: bool) -> list[tuple[list[int], list
 
 
 class _TunedKernels(torch.autograd.Function):
-    """``fast_weights`` for a given weight W [1, out, in, k, k] (float32 or float64) and the
-    factor ``coef`` [in] (``_coef``): the kernels of ``W * scale``, with scale [out, in] =
-    demod [out] * coef [in] (or coef alone), rounded once to ``dtype``, channels-last.
+    """``fast_weights`` for a tuned weight W = base + change [1, out, in, k, k] (``_plus``:
+    float32, or float64) and the factor ``coef`` [in] (``_coef``): the kernels of
+    ``W * scale``, with scale [out, in] = demod [out] * coef [in] (or coef alone), rounded
+    once to the base's dtype, channels-last.
 
     A tuning back-propagates through this for every tuned layer at every step. Left to
     autograd the weight side took about a fifth of a CPU step: a dozen passes over each tuned
@@ -430,14 +435,18 @@ class _TunedKernels(torch.autograd.Function):
     Here the forward makes each kernel in one pass from W, and the backward computes
     dL/dW = G * scale + 2 W * dL/d(sum of squares) in two in-place passes over the
     gathered gradient G, W's layout kept throughout (a channels-last W, as a tuning's is,
-    is never transposed). W and the small factors are held on ``ctx`` rather than saved:
-    saved tensors go through the tuning's hooks, which keep large ones in bfloat16
-    (``likeness._pack``), and these must stay exact.
+    is never transposed). W is made again in the backward pass rather than kept (the tuned
+    layers' W are 65 MB in float32 at 1024), from the change and the base, which are held
+    on ``ctx`` with the small factors rather than saved: saved tensors go through the
+    tuning's hooks, which keep large ones in bfloat16 (``likeness._pack``), and these must
+    stay exact.
     """
 
     @staticmethod
-    def forward(ctx, weight, coef, gain, demodulate, upsample, dtype):
-        with torch.autocast(weight.device.type, enabled=False):  # would round the products
+    def forward(ctx, change, base, coef, gain, demodulate, upsample):
+        dtype = base.dtype
+        with torch.autocast(base.device.type, enabled=False):  # would round the products
+            weight = _plus(base, change)
             w = weight[0].to(_accurate(weight.dtype))
             taps = w.permute(0, 2, 3, 1)  # [out, k, k, in]: contiguous when W is channels-last
             out_channels, in_channels = w.shape[:2]
@@ -458,15 +467,23 @@ class _TunedKernels(torch.autograd.Function):
                         for c, col in enumerate(cols):
                             torch.mul(taps[:, row, col], scale, out=out[:, r, c])
                 kernels.append(out.permute(0, 3, 1, 2))  # channels-last [out, in, kh, kw]
-        ctx.weight, ctx.coef, ctx.demod, ctx.sum_sq = w, coef, demod, sum_sq
-        ctx.gain, ctx.upsample, ctx.weight_dtype = gain, upsample, weight.dtype
+        ctx.change, ctx.base, ctx.coef, ctx.demod, ctx.sum_sq = change, base, coef, demod, sum_sq
+        ctx.gain, ctx.upsample = gain, upsample
+        ctx.versions = (change._version, base._version)
         return tuple(kernels)
 
     @staticmethod
     def backward(ctx, *grads):
-        w, coef, demod, gain = ctx.weight, ctx.coef, ctx.demod, ctx.gain
-        need_weight, need_coef = ctx.needs_input_grad[:2]
-        with torch.autocast(w.device.type, enabled=False):
+        change, base, coef, demod, gain = ctx.change, ctx.base, ctx.coef, ctx.demod, ctx.gain
+        if (change._version, base._version) != ctx.versions:  # autograd's own check, by hand
+            raise RuntimeError(
+                "a tuned weight was modified in place after the render that needs its gradient"
+            )
+        need_change, need_base, need_coef = ctx.needs_input_grad[:3]
+        need_weight = need_change or need_base
+        with torch.autocast(base.device.type, enabled=False):
+            weight = _plus(base, change)
+            w = weight[0].to(_accurate(weight.dtype))
             taps = w.permute(0, 2, 3, 1)
             # G = dL/d(W * scale), gathered from the kernels' gradients, as [out, k, k, in].
             # Every tap belongs to exactly one kernel: zeros only where a kernel had no gradient.
@@ -486,7 +503,7 @@ class _TunedKernels(torch.autograd.Function):
             for row in range(taps.shape[1]):
                 for col in range(taps.shape[2]):
                     d_scale.addcmul_(g[:, row, col], taps[:, row, col])
-            grad_coef = grad_weight = None
+            grad_coef = None
             if demod is None:
                 d_sum_sq = None
                 if need_coef:
@@ -499,12 +516,15 @@ class _TunedKernels(torch.autograd.Function):
                 if need_coef:
                     grad_coef = (d_scale * demod[:, None]).sum(0)
                     grad_coef += 2 * coef * (d_v[:, None] * ctx.sum_sq).sum(0)
+            grad_change = grad_base = None
             if need_weight:
                 g.mul_(scale[:, None, None])
                 if d_sum_sq is not None:
                     g.addcmul_(taps, 2 * d_sum_sq[:, None, None])
-                grad_weight = g.permute(0, 3, 1, 2)[None].to(ctx.weight_dtype)
-        return grad_weight, grad_coef, None, None, None, None
+                grad_weight = g.permute(0, 3, 1, 2)[None]  # dL/dW = dL/dchange = dL/dbase
+                grad_change = grad_weight.to(change.dtype) if need_change else None
+                grad_base = grad_weight.to(base.dtype) if need_base else None
+        return grad_change, grad_base, grad_coef, None, None, None
 
 
 @functools.cache
@@ -595,9 +615,12 @@ class StyledConv(nn.Module):
         fir: FirFilter = upfirdn2d,
         params: LayerParams = None,
     ) -> torch.Tensor:
-        weight, bias = params or (None, None)
+        weight_change, bias_change = params or (None, None)
+        weight = None if weight_change is None else _plus(self.conv.weight, weight_change)
         x = self.noise(self.conv(x, s, fir, weight), noise)
-        return self.activate(x) if bias is None else biased_leaky_relu(x, bias)
+        if bias_change is None:
+            return self.activate(x)
+        return biased_leaky_relu(x, _plus(self.activate.bias, bias_change))
 
     def forward_fast(
         self,
@@ -618,17 +641,17 @@ class StyledConv(nn.Module):
         transposed convolution is computed as four small convolutions, one per output phase,
         the FIR blur is a depthwise convolution, and leaky_relu(g * x) == g * leaky_relu(x)
         (g > 0) moves the gain into the weight, bias and noise strength, so the epilogue is
-        two in-place passes. ``params``: (weight, bias) used instead of the layer's own.
+        two in-place passes. ``params``: (weight change, bias change) added to the layer's own.
         """
         conv = self.conv
         gain = ACTIVATION_GAIN
         grad = torch.is_grad_enabled()  # autograd needs the intermediate tensors: no in-place ops
-        weight, bias = params or (None, None)
-        in_scale, weights, out_scale = conv.fast_modulation(s, gain, held[0].shape, weight)
+        weight_change, bias_change = params or (None, None)
+        in_scale, weights, out_scale = conv.fast_modulation(s, gain, held[0].shape, weight_change)
         dtype = weights[0].dtype
         if in_scale is not None:
             held.append(held.pop() * in_scale[None, :, None, None])
-        bias = ((self.activate.bias if bias is None else bias) * gain).to(dtype)
+        bias = (_plus(self.activate.bias, bias_change) * gain).to(dtype)
         if conv.upsample:
             out = _polyphase_upsample_blur(held, weights, conv.blur.kernel, bias, out_scale)
         elif out_scale is None:
@@ -750,8 +773,9 @@ class ToRGB(nn.Module):
         fir: FirFilter = upfirdn2d,
         params: LayerParams = None,
     ) -> torch.Tensor:
-        weight, bias = params or (None, None)
-        out = self.conv(x, s, weight=weight) + (self.bias if bias is None else bias)
+        weight_change, bias_change = params or (None, None)
+        weight = None if weight_change is None else _plus(self.conv.weight, weight_change)
+        out = self.conv(x, s, weight=weight) + _plus(self.bias, bias_change)
         if skip is not None:
             out = out + self.upsample(skip, fir)
         return out
@@ -766,9 +790,9 @@ class ToRGB(nn.Module):
         """One sample, channels-last; x has a zero margin (see ``StyledConv.forward_fast``),
         the RGB result and ``skip`` do not."""
         h, w = x.shape[-2] - 1, x.shape[-1] - 1
-        weight, bias = params or (None, None)
-        weight = self.conv.fast_weights(s, weight=weight)[0]
-        bias = self.bias if bias is None else bias
+        weight_change, bias_change = params or (None, None)
+        weight = self.conv.fast_weights(s, change=weight_change)[0]
+        bias = _plus(self.bias, bias_change)
         out = F.conv2d(x, weight, bias.view(3).to(weight.dtype))[:, :, :h, :w]
         # The RGB image is summed over the levels in float32, whatever the activations' dtype.
         out = out.to(_accurate(out.dtype))
@@ -879,11 +903,10 @@ class Generator(nn.Module):
         return sizes
 
     def _params(self, tuning: SynthesisTuning | None, index: int) -> LayerParams:
-        """Style block ``index``'s (weight, bias) under ``tuning`` (None: its own)."""
+        """What ``tuning`` adds to style block ``index``'s (weight, bias) (None: nothing)."""
         if tuning is None:
             return None
-        block = self.style_blocks()[index]
-        return tuning.weight(index, block.conv.weight), tuning.bias(index, block_bias(block))
+        return tuning.weight_change(index), tuning.bias_change(index)
 
     def _style_wplus_index(self) -> list[int]:
         """Which W+ row feeds each StyleSpace layer (to_rgb shares the next conv's row)."""

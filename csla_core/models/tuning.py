@@ -51,14 +51,11 @@ class SynthesisDelta:
             t.requires_grad_(True)
         return delta
 
-    def weight(self, index: int, base: torch.Tensor) -> torch.Tensor | None:
-        change = self.weights.get(index)
-        # One pass: a 2-byte base is widened as it is added.
-        return None if change is None else torch.add(change.float(), base)
+    def weight_change(self, index: int) -> torch.Tensor | None:
+        return self.weights.get(index)
 
-    def bias(self, index: int, base: torch.Tensor) -> torch.Tensor | None:
-        change = self.biases.get(index)
-        return None if change is None else torch.add(change.float(), base)
+    def bias_change(self, index: int) -> torch.Tensor | None:
+        return self.biases.get(index)
 
     def tensors(self) -> list[torch.Tensor]:
         return [*self.weights.values(), *self.biases.values()]
