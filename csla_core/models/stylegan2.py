@@ -446,8 +446,7 @@ class _TunedKernels(torch.autograd.Function):
     def forward(ctx, change, base, coef, gain, demodulate, upsample):
         dtype = base.dtype
         with torch.autocast(base.device.type, enabled=False):  # would round the products
-            weight = _plus(base, change)
-            w = weight[0].to(_accurate(weight.dtype))
+            w = _plus(base, change)[0]  # at least float32 already
             taps = w.permute(0, 2, 3, 1)  # [out, k, k, in]: contiguous when W is channels-last
             out_channels, in_channels = w.shape[:2]
             demod = sum_sq = None
@@ -482,8 +481,7 @@ class _TunedKernels(torch.autograd.Function):
         need_change, need_base, need_coef = ctx.needs_input_grad[:3]
         need_weight = need_change or need_base
         with torch.autocast(base.device.type, enabled=False):
-            weight = _plus(base, change)
-            w = weight[0].to(_accurate(weight.dtype))
+            w = _plus(base, change)[0]  # made again: not kept from the forward pass
             taps = w.permute(0, 2, 3, 1)
             # G = dL/d(W * scale), gathered from the kernels' gradients, as [out, k, k, in].
             # Every tap belongs to exactly one kernel: zeros only where a kernel had no gradient.
